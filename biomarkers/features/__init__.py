@@ -1,0 +1,25 @@
+"""Cells -> patients x features: AQP9+ macrophage fraction, proportions, signature means, pseudobulk."""
+
+from __future__ import annotations
+
+from biomarkers.features._aggregate import combine_stats, patient_stats, stats_to_features
+from biomarkers.features._api import build_features
+from biomarkers.features._bulk import bulk_features, bulk_settings, zscore_within
+from biomarkers.features._names import feature_name
+from biomarkers.features._pipeline import FeaturePipeline, PreprocessParams
+from biomarkers.features._score import DEFAULT_PLAN, score_by_compartment
+
+__all__ = [
+    "DEFAULT_PLAN",
+    "FeaturePipeline",
+    "PreprocessParams",
+    "build_features",
+    "bulk_features",
+    "bulk_settings",
+    "combine_stats",
+    "feature_name",
+    "patient_stats",
+    "score_by_compartment",
+    "stats_to_features",
+    "zscore_within",
+]

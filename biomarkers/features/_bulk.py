@@ -1,0 +1,106 @@
+"""Bulk features, and the bridge from single cells: signature z-scores within a cohort.
+
+Martin et al. 2019 scored bulk cohorts as the mean of the set's genes z-scored within the cohort.
+The same recipe on a single-cell cohort's whole-sample pseudobulk gives a feature that exists in
+both kinds of data (``pbz__<set>``), so a model trained on one can score the other. Each cohort is
+standardised on its own: this removes platform and batch offsets (array vs RNA-seq, log2 vs log1p),
+at the price of needing a cohort (not a single sample) to predict on, and of assuming a similar
+case mix across cohorts.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from biomarkers import _keys as K
+from biomarkers._errors import DataSchemaError
+from biomarkers.features._names import feature_name
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+
+    from biomarkers.signatures import GeneSet
+
+FAMILY_GENE_Z = "gz"
+MIN_COHORT = 3  # z-scores need a cohort: with fewer samples the standard deviation is meaningless
+
+
+def bulk_settings(
+    *, gene_sets: Mapping[str, GeneSet], var_names: Iterable[str], families: Sequence[str], genes: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Freeze which genes each bulk feature uses (JSON-serialisable, travels with the model).
+
+    Parameters
+    ----------
+    gene_sets
+        Sets to score as ``pbz__<set>``.
+    var_names
+        Genes of the training cohort; sets keep only these (a new cohort must have them too).
+    families
+        Any of ``bulk_signatures`` (``pbz__<set>``) and ``bulk_genes`` (``gz__<gene>``).
+    genes
+        Single genes for ``bulk_genes``; empty means every gene of the cohort.
+    """
+    from biomarkers.signatures import resolve_genes
+
+    var = list(var_names)
+    sets: dict[str, list[str]] = {}
+    if "bulk_signatures" in families:
+        for name, gs in gene_sets.items():
+            mapping, _ = resolve_genes(gs.genes, var)
+            if mapping:
+                sets[name] = sorted(set(mapping.values()))
+    single: list[str] = []
+    if "bulk_genes" in families:
+        single = [g for g in (genes or var) if g in set(var)]
+    if not sets and not single:
+        msg = (
+            f"No bulk feature can be built: no gene set has a gene among the {len(var)} genes, and no single gene "
+            "was requested. Add features.families: [bulk_genes], or check gene symbols."
+        )
+        raise DataSchemaError(msg)
+    return {"gene_sets": sets, "genes": single}
+
+
+def zscore_within(table: pd.DataFrame) -> pd.DataFrame:
+    """Z-score each column across rows (samples) of one cohort."""
+    if len(table) < MIN_COHORT:
+        msg = (
+            f"Cohort z-scores need at least {MIN_COHORT} samples scored together; got {len(table)}. "
+            "Predict on the whole new cohort at once, not sample by sample."
+        )
+        raise DataSchemaError(msg)
+    sd = table.std(ddof=0)
+    return (table - table.mean()) / sd.where(sd > 0)
+
+
+def bulk_features(table: pd.DataFrame, *, gene_sets: Mapping[str, Sequence[str]], genes: Sequence[str]) -> pd.DataFrame:
+    """Samples x genes (log scale) -> ``pbz__<set>`` and ``gz__<gene>`` features, standardised within the table.
+
+    Parameters
+    ----------
+    table
+        Samples x genes, log-scale expression (extra non-gene columns are ignored).
+    gene_sets
+        Set name -> genes (from :func:`bulk_settings`).
+    genes
+        Single genes (from :func:`bulk_settings`).
+
+    Returns
+    -------
+    Samples x features. A set whose genes are all absent from ``table`` gives NaN (and is reported by
+    the caller's coverage check).
+    """
+    needed = sorted({g for gs in gene_sets.values() for g in gs} | set(genes))
+    present = [g for g in needed if g in table.columns]
+    z = zscore_within(table[present].astype(float))
+    out: dict[str, pd.Series] = {}
+    for name, gs in gene_sets.items():
+        found = [g for g in gs if g in z.columns]
+        out[feature_name(K.FAMILY_PBZ, name)] = z[found].mean(axis=1) if found else pd.Series(np.nan, index=z.index)
+    for g in genes:
+        out[feature_name(FAMILY_GENE_Z, g)] = z[g] if g in z.columns else pd.Series(np.nan, index=z.index)
+    return pd.DataFrame(out, index=table.index)

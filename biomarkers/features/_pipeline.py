@@ -1,0 +1,171 @@
+"""The whole path from raw cells to the patient feature table, with frozen parameters."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from biomarkers import _keys as K
+from biomarkers._errors import DataSchemaError
+from biomarkers.features._aggregate import ALL, combine_stats, patient_stats, stats_to_features
+from biomarkers.features._score import DEFAULT_PLAN, score_by_compartment
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    import pandas as pd
+    from anndata import AnnData
+
+    from biomarkers.signatures import GeneSet
+
+logger = logging.getLogger("biomarkers")
+
+DEFAULT_FAMILIES = ("aqp9_macrophage_fraction", "proportions", "signature_means", "pseudobulk", "n_cells")
+DEFAULT_PB_GENES = ("OSM", "OSMR", "TREM1", "AQP9", "SOCS3")
+DEFAULT_PB_COMPARTMENTS = ("MNP", "stroma", "epithelium", ALL)
+
+
+@dataclass
+class PreprocessParams:
+    """Frozen QC / normalisation / annotation settings (the experiment config's ``preprocess``)."""
+
+    min_genes: int = 200
+    min_counts: int = 500
+    max_pct_mt: float | None = 25.0
+    nmads: float = 5.0
+    nmads_mt: float = 3.0
+    mt_prefix: str = "MT-"
+    remove_doublets: bool = False
+    target_sum: float = 1e4
+    refine_annotation: bool = False
+    aqp9_threshold: float = 0.0
+
+
+@dataclass
+class FeaturePipeline:
+    """Raw counts -> QC -> normalise -> annotate -> AQP9 call -> signatures -> patient features.
+
+    Everything the path learns is fixed by these parameters, none of it from labels, so the pipeline
+    can run outside the cross-validation folds and travels with a model to ``predict``.
+
+    Parameters
+    ----------
+    gene_sets
+        Gene sets to score (name -> :class:`biomarkers.signatures.GeneSet`).
+    plan
+        Gene-set name -> compartments to score it in.
+    preprocess
+        QC / normalisation / annotation settings.
+    pb_genes, pb_compartments
+        Pseudobulk genes and compartments.
+    families
+        Feature families to emit.
+    seed
+        Seed for control-gene sampling.
+    """
+
+    gene_sets: dict[str, GeneSet]
+    plan: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_PLAN))
+    preprocess: PreprocessParams = field(default_factory=PreprocessParams)
+    pb_genes: tuple[str, ...] = DEFAULT_PB_GENES
+    pb_compartments: tuple[str, ...] = DEFAULT_PB_COMPARTMENTS
+    families: tuple[str, ...] = DEFAULT_FAMILIES
+    seed: int | None = 0
+
+    def __post_init__(self) -> None:
+        missing = sorted(set(self.plan) - set(self.gene_sets))
+        if missing:
+            msg = f"Signature plan names gene sets that were not loaded: {', '.join(missing)}. Add them to `signatures`."
+            raise DataSchemaError(msg)
+
+    def check_genes(self, var_names: Iterable[str]) -> pd.DataFrame:
+        """Report gene coverage per scored set; raise when a set has no gene present."""
+        from biomarkers.signatures import coverage_report
+
+        report = coverage_report({n: self.gene_sets[n] for n in self.plan}, list(var_names))
+        empty = report.loc[report["n_found"] == 0, "set"].tolist()
+        if empty:
+            msg = (
+                f"Gene set(s) {', '.join(empty)} have no gene in the data (0/{int(report.set_index('set').loc[empty[0], 'n_genes'])} "
+                "found). Are genes named by HGNC symbol (not Ensembl IDs)? Otherwise drop the set from `signatures`."
+            )
+            raise DataSchemaError(msg)
+        return report
+
+    def process(self, adata: AnnData) -> AnnData:
+        """Run QC, normalisation, annotation, the AQP9 call and compartment scoring; returns a new AnnData."""
+        from biomarkers.preprocess import annotate, call_aqp9_macrophages, check_counts, normalize, qc
+
+        p = self.preprocess
+        t0 = time.perf_counter()
+        self.check_genes(adata.var_names)
+        check_counts(adata, layer=K.COUNTS if K.COUNTS in adata.layers else None)
+        ad = qc(
+            adata,
+            min_genes=p.min_genes,
+            min_counts=p.min_counts,
+            max_pct_mt=p.max_pct_mt,
+            nmads=p.nmads,
+            nmads_mt=p.nmads_mt,
+            mt_prefix=p.mt_prefix,
+            remove_doublets=p.remove_doublets,
+            seed=self.seed,
+            copy=True,
+        )
+        normalize(ad, target_sum=p.target_sum)
+        annotate(ad, refine=p.refine_annotation, seed=self.seed)
+        call_aqp9_macrophages(ad, threshold=p.aqp9_threshold)
+        score_by_compartment(ad, gene_sets=self.gene_sets, plan=self.plan, seed=self.seed)
+        ad.uns.setdefault(K.BM, {})["features"] = {"params": self.to_dict()}
+        logger.info("process: %d -> %d cells in %.1f s", adata.n_obs, ad.n_obs, time.perf_counter() - t0)
+        return ad
+
+    def stats(self, processed: AnnData) -> pd.DataFrame:
+        """Additive per-patient statistics of processed cells (see :func:`patient_stats`)."""
+        return patient_stats(processed, plan=self.plan, pb_genes=self.pb_genes, pb_compartments=self.pb_compartments)
+
+    def finalize(self, stats: pd.DataFrame) -> pd.DataFrame:
+        """Patients x features from (combined) statistics."""
+        return stats_to_features(
+            stats, plan=self.plan, pb_genes=self.pb_genes, pb_compartments=self.pb_compartments, families=self.families
+        )
+
+    def transform(self, adata: AnnData) -> pd.DataFrame:
+        """Raw-count cells -> patients x features."""
+        return self.finalize(self.stats(self.process(adata)))
+
+    def transform_chunks(self, chunks: Iterable[AnnData]) -> pd.DataFrame:
+        """Process chunks (e.g. one sample each) one at a time; memory is bounded by the largest chunk."""
+        return self.finalize(combine_stats([self.stats(self.process(c)) for c in chunks]))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable parameters (gene sets included), for MLflow artifacts and provenance."""
+        return {
+            "gene_sets": {n: {"genes": list(g.genes), "role": g.role, "source": g.source} for n, g in self.gene_sets.items()},
+            "plan": {n: list(c) for n, c in self.plan.items()},
+            "preprocess": asdict(self.preprocess),
+            "pb_genes": list(self.pb_genes),
+            "pb_compartments": list(self.pb_compartments),
+            "families": list(self.families),
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FeaturePipeline:
+        """Rebuild a pipeline from :meth:`to_dict` output."""
+        from biomarkers.signatures import GeneSet
+
+        return cls(
+            gene_sets={
+                n: GeneSet(name=n, genes=tuple(g["genes"]), role=g.get("role", ""), source=g.get("source", ""))
+                for n, g in d["gene_sets"].items()
+            },
+            plan={n: tuple(c) for n, c in d["plan"].items()},
+            preprocess=PreprocessParams(**d["preprocess"]),
+            pb_genes=tuple(d["pb_genes"]),
+            pb_compartments=tuple(d["pb_compartments"]),
+            families=tuple(d["families"]),
+            seed=d.get("seed", 0),
+        )
