@@ -1,0 +1,12 @@
+"""Read real cohorts (h5ad, 10x, GEO, bulk tables) into canonical AnnData, and fetch public data sets.
+
+`read_cohort` and `iter_samples` read; `list_datasets` and `fetch_dataset` manage the download cache
+behind ``biomarkers data list`` / ``biomarkers data fetch NAME``.
+"""
+
+from __future__ import annotations
+
+from ._fetch import fetch_dataset, list_datasets
+from ._read import detect_kind, iter_samples, read_cohort
+
+__all__ = ["detect_kind", "fetch_dataset", "iter_samples", "list_datasets", "read_cohort"]

@@ -1,0 +1,254 @@
+"""AnnData ``.h5ad`` files (Zenodo, CELLxGENE, e.g. the TAURUS atlas): find raw counts, rename obs.
+
+Raw counts are looked for in ``layers['counts']``, then ``.raw.X``, then ``X``, and the first one
+holding non-negative integers wins. CELLxGENE keeps counts in ``.raw.X`` with normalised ``X``; the
+TAURUS objects keep integer-valued float counts in ``X``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from biomarkers import _keys
+from biomarkers._errors import DataSchemaError
+
+from ._common import (
+    MODALITY_SC,
+    as_counts,
+    canonical_var,
+    check_counts,
+    count_problem,
+    duplicate_names_ok,
+    logger,
+    preview,
+    record_provenance,
+    unique_obs_names,
+)
+from ._obs import LabelSpec, apply_obs_map, finalize_obs
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping
+    from pathlib import Path
+
+    import h5py
+    from anndata import AnnData
+
+_PROBE_ROWS = 2000  # rows read to decide where the counts are when streaming
+# uns entries that describe processing of the replaced X; "log1p" would make scanpy treat counts as logged.
+_STALE_UNS = ("log1p",)
+_CANDIDATES = (("layers['counts']", "layers/counts", "var"), (".raw.X", "raw/X", "raw/var"), ("X", "X", "var"))
+
+
+def pick_counts(candidates: list[tuple[str, Any]], *, source: str, allow_non_integer: bool) -> int:
+    """Index of the first candidate matrix that holds raw counts.
+
+    Parameters
+    ----------
+    candidates
+        ``(label, matrix or None if absent)`` in order of preference.
+    source
+        Input name for messages.
+    allow_non_integer
+        Accept the first present matrix (with a warning) when none is integer.
+
+    Raises
+    ------
+    DataSchemaError
+        No candidate holds non-negative integers.
+    """
+    reasons = []
+    for i, (label, matrix) in enumerate(candidates):
+        if matrix is None:
+            reasons.append(f"{label} absent")
+            continue
+        problem = count_problem(matrix)
+        if problem is None:
+            return i
+        reasons.append(f"{label} has {problem}")
+    present = [i for i, (_, m) in enumerate(candidates) if m is not None]
+    if allow_non_integer and present:
+        msg = f"No raw integer counts in {source} ({'; '.join(reasons)}); using {candidates[present[0]][0]}."
+        warnings.warn(msg, UserWarning, stacklevel=3)
+        return present[0]
+    msg = (
+        f"No raw integer counts in {source}: {'; '.join(reasons)}. Only normalised/log data are present; re-export "
+        "the object with raw counts in layers['counts'] (adata.layers['counts'] = counts) or read the CellRanger files."
+    )
+    raise DataSchemaError(msg)
+
+
+def _read_error(path: Path, err: Exception) -> DataSchemaError:
+    msg = f"Cannot read {path} as h5ad ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})."
+    return DataSchemaError(msg)
+
+
+def _canonical_obs(obs: pd.DataFrame, *, mapping: Mapping[str, str], labels: LabelSpec, source: str) -> pd.DataFrame:
+    obs = apply_obs_map(obs, mapping, source=source)
+    return finalize_obs(
+        obs, source=source, labels=labels, patient_from_sample=False, label_required=_keys.RESPONSE in mapping
+    )
+
+
+def read_h5ad_cohort(
+    path: Path,
+    *,
+    mapping: Mapping[str, str],
+    labels: LabelSpec,
+    gene_map: Mapping[str, str] | None,
+    allow_non_integer: bool,
+    backed: str | None,
+    params: Mapping[str, Any],
+) -> AnnData:
+    """Read an h5ad into canonical AnnData (in memory), or canonicalise obs/var of a backed view."""
+    import anndata as ad
+
+    source = path.name
+    if backed is not None:
+        return _read_backed(path, mapping=mapping, labels=labels, gene_map=gene_map, params=params)
+    try:
+        with duplicate_names_ok():
+            adata = ad.read_h5ad(path)
+    except (OSError, KeyError, ValueError, TypeError) as err:
+        raise _read_error(path, err) from err
+    layer = adata.layers.get(_keys.COUNTS)
+    raw = adata.raw.X if adata.raw is not None else None
+    choice = pick_counts(
+        [("layers['counts']", layer), (".raw.X", raw), ("X", adata.X)],
+        source=source,
+        allow_non_integer=allow_non_integer,
+    )
+    matrix, var = [(layer, adata.var), (raw, adata.raw.var if adata.raw is not None else None), (adata.X, adata.var)][
+        choice
+    ]
+    where = _CANDIDATES[choice][0]
+    obs = _canonical_obs(adata.obs, mapping=mapping, labels=labels, source=source)
+    var = canonical_var(var, gene_map=gene_map, source=source)
+    counts = as_counts(matrix)
+    uns = {k: v for k, v in adata.uns.items() if k not in _STALE_UNS}
+    with duplicate_names_ok():  # cell names repeated across samples are prefixed just below
+        out = ad.AnnData(X=counts, obs=obs, var=var, obsm=dict(adata.obsm.items()), uns=uns)
+    out.layers[_keys.COUNTS] = counts.copy()
+    unique_obs_names(out, source=source)
+    record_provenance(out, modality=MODALITY_SC, fmt="h5ad", params=params, source=str(path), counts_source=where)
+    logger.info("read_cohort: %s -> %d cells x %d genes (counts from %s)", source, *out.shape, where)
+    return out
+
+
+def _read_backed(
+    path: Path,
+    *,
+    mapping: Mapping[str, str],
+    labels: LabelSpec,
+    gene_map: Mapping[str, str] | None,
+    params: Mapping[str, Any],
+) -> AnnData:
+    import anndata as ad
+    import h5py
+
+    source = path.name
+    with h5py.File(path, "r") as f:
+        choice = _probe_source(f, source=source, allow_non_integer=True)
+    try:
+        adata = ad.read_h5ad(path, backed="r")
+    except (OSError, KeyError, ValueError, TypeError) as err:
+        raise _read_error(path, err) from err
+    adata.obs = _canonical_obs(adata.obs, mapping=mapping, labels=labels, source=source)
+    adata.var = canonical_var(adata.var, gene_map=gene_map, source=source)
+    where = _CANDIDATES[choice][0]
+    if where != "X":
+        logger.warning(
+            "read_cohort: X of backed %s is not raw counts (they are in %s); "
+            "stream canonical samples with iter_samples()",
+            source,
+            where,
+        )
+    record_provenance(
+        adata, modality=MODALITY_SC, fmt="h5ad", params=params, source=str(path), counts_source=where, backed=True
+    )
+    return adata
+
+
+def _read_rows(elem: h5py.Dataset | h5py.Group, idx: np.ndarray) -> Any:
+    """Rows `idx` (sorted) of a dense dataset or an anndata-encoded sparse group."""
+    import anndata as ad
+    import h5py
+
+    contiguous = len(idx) > 0 and idx[-1] - idx[0] + 1 == len(idx)
+    selector: Any = slice(int(idx[0]), int(idx[-1]) + 1) if contiguous else idx
+    if isinstance(elem, h5py.Dataset):
+        return elem[selector]
+    return ad.io.sparse_dataset(elem)[selector]
+
+
+def _n_rows(elem: h5py.Dataset | h5py.Group) -> int:
+    import h5py
+
+    return int(elem.shape[0]) if isinstance(elem, h5py.Dataset) else int(elem.attrs["shape"][0])
+
+
+def _probe_source(f: h5py.File, *, source: str, allow_non_integer: bool) -> int:
+    candidates = []
+    for label, key, _ in _CANDIDATES:
+        if key in f:
+            elem = f[key]
+            candidates.append((label, _read_rows(elem, np.arange(min(_PROBE_ROWS, _n_rows(elem))))))
+        else:
+            candidates.append((label, None))
+    return pick_counts(candidates, source=source, allow_non_integer=allow_non_integer)
+
+
+def iter_h5ad_samples(
+    path: Path,
+    *,
+    mapping: Mapping[str, str],
+    labels: LabelSpec,
+    gene_map: Mapping[str, str] | None,
+    allow_non_integer: bool,
+    params: Mapping[str, Any],
+) -> Iterator[AnnData]:
+    """Yield one canonical in-memory AnnData per sample, reading only that sample's rows from disk."""
+    import anndata as ad
+    import h5py
+
+    source = path.name
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise _read_error(path, err) from err
+    with f:
+        choice = _probe_source(f, source=source, allow_non_integer=allow_non_integer)
+        label, key, var_key = _CANDIDATES[choice]
+        obs = ad.io.read_elem(f["obs"])
+        obs = _canonical_obs(obs, mapping=mapping, labels=labels, source=source)
+        var = canonical_var(ad.io.read_elem(f[var_key]), gene_map=gene_map, source=source)
+        elem = f[key]
+        if not isinstance(elem, h5py.Dataset) and elem.attrs.get("encoding-type") == "csc_matrix":
+            logger.warning("iter_samples: %s stores %s as CSC; row-wise streaming is slow", source, label)
+        samples = pd.unique(obs[_keys.SAMPLE].astype(str))
+        positions = pd.Series(np.arange(len(obs))).groupby(obs[_keys.SAMPLE].astype(str).to_numpy()).indices
+        for sample in samples:
+            idx = np.sort(positions[sample])
+            rows = _read_rows(elem, idx)
+            check_counts(rows, what=label, source=f"{source} [{sample}]", allow_non_integer=allow_non_integer)
+            sample_obs = obs.iloc[idx].copy()
+            if not sample_obs.index.is_unique:
+                dupes = sample_obs.index[sample_obs.index.duplicated()].unique()
+                msg = f"{len(dupes)} duplicated cell names in sample {sample} of {source} (e.g. {preview(dupes, 3)})."
+                raise DataSchemaError(msg)
+            counts = as_counts(rows)
+            adata = ad.AnnData(X=counts, obs=sample_obs, var=var.copy())
+            adata.layers[_keys.COUNTS] = counts.copy()
+            record_provenance(
+                adata,
+                modality=MODALITY_SC,
+                fmt="h5ad",
+                params=params,
+                source=str(path),
+                counts_source=label,
+                sample=sample,
+            )
+            yield adata
