@@ -36,10 +36,10 @@ _EXPORTS: dict[str, str] = {
     "run_experiment": "biomarkers.tracking",
     "compare_runs": "biomarkers.tracking",
     "BiomarkerModel": "biomarkers.tracking",
-    "predict": "biomarkers.predict",
+    "predict": "biomarkers.prediction",
 }
 _SUBPACKAGES = {
-    "datasets", "io", "preprocess", "signatures", "features", "models", "config", "cohort", "tracking", "discovery", "compute",
+    "datasets", "io", "preprocess", "signatures", "features", "models", "config", "cohort", "tracking", "discovery", "compute", "prediction",
 }  # fmt: skip
 
 __all__ = ["__version__", *_EXPORTS]
@@ -59,13 +59,23 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from biomarkers.cohort import check_experiment, prepare_cohort
-    from biomarkers.config import ExperimentConfig, load_config
-    from biomarkers.datasets import simulate_cohort
-    from biomarkers.features import FeaturePipeline, build_features
-    from biomarkers.io import read_cohort
-    from biomarkers.models import evaluate_models
-    from biomarkers.predict import predict
-    from biomarkers.preprocess import annotate, call_aqp9_macrophages, normalize, qc
-    from biomarkers.signatures import evaluate_signatures, load_gene_sets, score_signatures
-    from biomarkers.tracking import BiomarkerModel, compare_runs, run_experiment
+    from biomarkers.cohort import check_experiment as check_experiment
+    from biomarkers.cohort import prepare_cohort as prepare_cohort
+    from biomarkers.config import ExperimentConfig as ExperimentConfig
+    from biomarkers.config import load_config as load_config
+    from biomarkers.datasets import simulate_cohort as simulate_cohort
+    from biomarkers.features import FeaturePipeline as FeaturePipeline
+    from biomarkers.features import build_features as build_features
+    from biomarkers.io import read_cohort as read_cohort
+    from biomarkers.models import evaluate_models as evaluate_models
+    from biomarkers.prediction import predict as predict
+    from biomarkers.preprocess import annotate as annotate
+    from biomarkers.preprocess import call_aqp9_macrophages as call_aqp9_macrophages
+    from biomarkers.preprocess import normalize as normalize
+    from biomarkers.preprocess import qc as qc
+    from biomarkers.signatures import evaluate_signatures as evaluate_signatures
+    from biomarkers.signatures import load_gene_sets as load_gene_sets
+    from biomarkers.signatures import score_signatures as score_signatures
+    from biomarkers.tracking import BiomarkerModel as BiomarkerModel
+    from biomarkers.tracking import compare_runs as compare_runs
+    from biomarkers.tracking import run_experiment as run_experiment

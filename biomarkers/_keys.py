@@ -33,7 +33,7 @@ QC_N_COUNTS = "qc_n_counts"
 QC_N_GENES = "qc_n_genes"
 QC_PCT_MT = "qc_pct_mt"
 QC_DOUBLET_SCORE = "qc_doublet_score"
-QC_PASS = "qc_pass"
+QC_PASS = "qc_pass"  # noqa: S105 - an obs column name, not a secret
 
 # .obs: signature scores are SIG_PREFIX + set name
 SIG_PREFIX = "sig__"

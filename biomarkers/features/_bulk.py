@@ -78,7 +78,7 @@ def zscore_within(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def bulk_features(table: pd.DataFrame, *, gene_sets: Mapping[str, Sequence[str]], genes: Sequence[str]) -> pd.DataFrame:
-    """Samples x genes (log scale) -> ``pbz__<set>`` and ``gz__<gene>`` features, standardised within the table.
+    """Turn samples x genes (log scale) into ``pbz__<set>`` and ``gz__<gene>`` features, standardised within the table.
 
     Parameters
     ----------

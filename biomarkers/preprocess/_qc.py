@@ -125,7 +125,7 @@ def qc(
     keep = (obs[K.QC_N_GENES] >= min_genes) & (obs[K.QC_N_COUNTS] >= min_counts)
     if max_pct_mt is not None:
         keep &= obs[K.QC_PCT_MT] <= max_pct_mt
-    outlier = pd.Series(False, index=obs.index)
+    outlier = pd.Series(data=False, index=obs.index)
     for _, idx in obs.groupby(sample_col, observed=True).indices.items():
         sub = obs.iloc[idx]
         out = _mad_outlier(np.log1p(sub[K.QC_N_COUNTS].to_numpy()), nmads)
@@ -162,14 +162,14 @@ def qc(
     filtered = adata[keep.to_numpy()].copy()
     if copy:
         return filtered
-    adata._init_as_actual(filtered)  # noqa: SLF001 - the in-place idiom scanpy uses for subsetting
+    adata._init_as_actual(filtered)
     return None
 
 
 def _scrublet_calls(adata: AnnData, *, sample_col: str, seed: int | None) -> pd.Series:
     import scanpy as sc
 
-    calls = pd.Series(False, index=adata.obs_names)
+    calls = pd.Series(data=False, index=adata.obs_names)
     for _, idx in adata.obs.groupby(sample_col, observed=True).indices.items():
         if len(idx) < 50:  # Scrublet needs enough cells to simulate doublets against
             continue

@@ -1,0 +1,128 @@
+"""``run``, ``predict``, ``compare``, ``ui``, ``features``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+import biomarkers as bm
+
+
+def _print_summary(res) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(Console().width, 150))
+    ev = res.evaluation
+    cv = ev.cv
+    table = Table(
+        title=f"{res.experiment_name}: {len(res.cohort.features)} patients, {cv['n_repeats']}x{cv['n_splits']}-fold CV by patient, 95% bootstrap CIs"
+    )
+    for col in ("model", "kind", "AUROC", "AUPRC", "balanced acc.", "Brier"):
+        table.add_column(col, justify="left" if col in {"model", "kind"} else "right")
+    for name, r in ev.metrics.iterrows():
+        cells = [f"{r[m]:.3f} [{r[m + '_ci_low']:.2f}-{r[m + '_ci_high']:.2f}]" for m in ("auroc", "auprc", "balanced_accuracy", "brier")]
+        style = "bold" if name == ev.best_model else None
+        table.add_row(str(name), str(r["kind"]), *cells, style=style)
+    console.print(table)
+    perm = ev.permutation
+    if perm is not None:
+        console.print(f"Best model: {ev.best_model}; permutation test p = {perm.p_value:.3g} ({perm.n_permutations} label permutations)")
+    console.print(f"Decision threshold (Youden, out-of-fold): {ev.threshold:.3f}")
+    console.print(f"MLflow: experiment '{res.experiment_name}', parent run {res.parent_run_id} ({bm.tracking.tracking_uri()})")
+    if res.model_uri:
+        state = "now champion" if res.became_champion else f"champion stays at version {res.champion_version}"
+        console.print(f"Registered model: {res.model_uri} ({state})")
+        name = res.model_uri.split("/")[1]
+        console.print(f"Champion: models:/{name}@champion -> version {res.champion_version}")
+        console.print(f"Predict:  biomarkers predict NEW.h5ad --model models:/{name}@champion --out preds.csv")
+    console.print("Compare:  biomarkers compare --experiment " + res.experiment_name + "    UI: biomarkers ui  (http://127.0.0.1:5000)")
+    console.print(f"Time: {res.seconds:.1f} s ({', '.join(f'{k} {v:.1f}' for k, v in res.timings.items() if k != 'total_s')})")
+
+
+def run(
+    experiment: Annotated[Path, typer.Argument(help="Experiment YAML, e.g. experiments/anti_tnf_default.yaml")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config key: --set cv.n_splits=10")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate config and data, print the resolved config.")] = False,
+    scheduler: Annotated[str | None, typer.Option(help="Dask scheduler: local or tcp://HOST:PORT")] = None,
+) -> None:
+    """Run an experiment: features, cross-validated models and baselines, MLflow runs, registry."""
+    overrides = list(set_ or [])
+    if scheduler:
+        overrides.append(f"compute.scheduler={scheduler}")
+    cfg = bm.load_config(experiment, overrides=overrides)
+    if dry_run:
+        typer.echo(bm.config.dump_config(cfg), nl=False)
+        bm.check_experiment(cfg)
+        typer.echo("# config and data are valid", err=True)
+        return
+    _print_summary(bm.run_experiment(cfg))
+
+
+def predict(
+    input_: Annotated[Path, typer.Argument(metavar="INPUT", help="h5ad/10x of raw counts, a patient x feature CSV, or a bulk table")],
+    model: Annotated[str, typer.Option(help="Model URI, e.g. models:/anti-tnf-nonresponse@champion")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="CSV to write")] = Path("predictions.csv"),
+    patient_col: Annotated[str, typer.Option(help="Patient column in the cells' obs")] = "patient_id",
+) -> None:
+    """Predict anti-TNF non-response for new patients (or bulk samples)."""
+    table = bm.predict(input_, model_uri=model, out=out, patient_col=patient_col)
+    head = table.iloc[:, :3].to_string(index=False, max_rows=20, float_format=lambda v: f"{v:.3f}")
+    typer.echo(head)
+    typer.echo(f"{len(table)} rows -> {out}")
+
+
+def compare(
+    experiment: Annotated[str | None, typer.Option(help="MLflow experiment name (default: all)")] = None,
+    metric: Annotated[str, typer.Option(help="Sort by this metric")] = "cv_auroc",
+    top: Annotated[int, typer.Option(help="Rows to show")] = 30,
+) -> None:
+    """List runs best-first with CV metrics and CIs (read through the MLflow API)."""
+    df = bm.compare_runs(experiment=experiment, metric=metric)
+    if df.empty:
+        typer.echo("No runs yet. Start one with: biomarkers run experiments/anti_tnf_default.yaml")
+        return
+    base = metric.removesuffix("_ci_low").removesuffix("_ci_high")
+    df["ci"] = df.apply(lambda r: f"[{r[base + '_ci_low']:.2f}, {r[base + '_ci_high']:.2f}]", axis=1)
+    cols = ["experiment", "model", "kind", base, "ci", "cv_auprc", "cv_brier", "status", "run_id"]
+    typer.echo(df[cols].head(top).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+
+def ui(
+    port: Annotated[int, typer.Option(help="Port")] = 5000,
+    host: Annotated[str, typer.Option(help="Interface; only 127.0.0.1 unless you mean to expose it")] = "127.0.0.1",
+) -> None:
+    """Start the MLflow UI over the project's store (127.0.0.1 by default)."""
+    import subprocess
+    import sys
+
+    from biomarkers.tracking._store import artifact_root, tracking_uri
+
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(), "--default-artifact-root", artifact_root(), "--host", host, "--port", str(port)]
+    typer.echo(f"MLflow UI on http://{host}:{port} (store {tracking_uri()}); Ctrl-C to stop")
+    raise typer.Exit(subprocess.call(cmd))  # noqa: S603
+
+
+def features(
+    cohort: Annotated[Path, typer.Argument(help="h5ad (or 10x) of raw counts with patient_id and sample_id")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="CSV to write")] = Path("features.csv"),
+    seed: Annotated[int, typer.Option(help="Seed")] = 0,
+) -> None:
+    """Build the patient x feature table from raw-count cells."""
+    from biomarkers._atomic import write_csv
+
+    adata = bm.read_cohort(cohort)
+    feats = bm.build_features(adata, seed=seed)
+    write_csv(feats.reset_index(), out)
+    typer.echo(f"{feats.shape[0]} patients x {feats.shape[1]} features -> {out}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add these commands to the root app."""
+    app.command()(run)
+    app.command()(predict)
+    app.command()(compare)
+    app.command()(ui)
+    app.command()(features)

@@ -1,0 +1,338 @@
+"""An experiment's cohort: read or simulate, process, and label patients (no MLflow here)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from biomarkers import _keys as K
+from biomarkers._errors import DataSchemaError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from anndata import AnnData
+
+    from biomarkers.config import ExperimentConfig
+    from biomarkers.features import FeaturePipeline
+
+logger = logging.getLogger("biomarkers")
+
+
+@dataclass
+class Cohort:
+    """Features and labels of an experiment's cohort, ready for :func:`biomarkers.models.evaluate_models`.
+
+    Attributes
+    ----------
+    features
+        Patients (or bulk samples) x features.
+    labels
+        0/1 per row of ``features`` (1 = the config's ``positive_label``).
+    groups
+        Patient per row when rows are samples (bulk), else None.
+    kind
+        ``'single_cell'`` or ``'bulk'``.
+    pipeline
+        The frozen single-cell feature pipeline (None for bulk).
+    bulk
+        Bulk feature settings (None for single-cell).
+    cells
+        Processed cells (single-cell), for plots.
+    digest
+        sha256 of the input file, or of the simulated counts.
+    source
+        Path of the input, or ``simulate_cohort(...)`` with its arguments.
+    coverage
+        Gene coverage of each gene set.
+    """
+
+    features: pd.DataFrame
+    labels: pd.Series
+    groups: pd.Series | None
+    kind: str
+    pipeline: FeaturePipeline | None
+    bulk: dict[str, Any] | None
+    cells: AnnData | None
+    digest: str
+    source: str
+    coverage: pd.DataFrame
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def file_digest(path: Path, *, chunk: int = 1 << 20) -> str:
+    """sha256 of a file, or of every file under a folder (sorted by name)."""
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        with f.open("rb") as fh:
+            while block := fh.read(chunk):
+                h.update(block)
+    return h.hexdigest()
+
+
+def binary_labels(values: pd.Series, *, where: str) -> pd.Series:
+    """Canonical labels (``responder`` / ``non_responder``) -> 0/1; unlabelled rows are dropped with a warning."""
+    missing = values.isna()
+    if missing.any():
+        logger.warning("%d of %d rows have no label in %s and are left out", int(missing.sum()), len(values), where)
+    mapped = values[~missing].astype(str)
+    positive, allowed = K.NON_RESPONDER, {K.NON_RESPONDER, K.RESPONDER}
+    bad = sorted(set(mapped) - allowed)
+    if bad:
+        msg = (
+            f"Unknown label value(s) {bad[:5]} in {where} (expected {sorted(allowed)} after mapping). "
+            "Set data.positive_label / data.negative_label, or map them with data.label_map."
+        )
+        raise DataSchemaError(msg)
+    y = (mapped == positive).astype(int)
+    counts = y.value_counts()
+    if len(counts) < 2:
+        msg = (
+            f"Only one class in {where}: {int(counts.iloc[0])} x {'positive' if counts.index[0] == 1 else 'negative'} "
+            f"(values found: {sorted(set(mapped))[:5]}). A classifier needs both classes: check data.label_col and data.positive_label."
+        )
+        raise DataSchemaError(msg)
+    return y
+
+
+def _patient_labels(obs: pd.DataFrame, cfg: ExperimentConfig) -> pd.Series:
+    """One 0/1 label per patient from the cells' (or the streamed samples') ``obs``."""
+    d = cfg.data
+    if K.RESPONSE not in obs:
+        msg = (
+            f"Label column '{d.label_col}' not in the cohort (have: {', '.join(map(str, obs.columns[:12]))}). "
+            "Set data.label_col in the experiment config."
+        )
+        raise DataSchemaError(msg)
+    per_patient = obs.groupby(K.PATIENT, observed=True)[K.RESPONSE].agg(lambda s: s.dropna().astype(str).unique().tolist())
+    conflicting = per_patient[per_patient.map(len) > 1]
+    if len(conflicting):
+        msg = (
+            f"Patient {conflicting.index[0]} has more than one label ({conflicting.iloc[0]}); "
+            "a response label belongs to the patient. Fix data.label_col or the metadata."
+        )
+        raise DataSchemaError(msg)
+    raw = per_patient.map(lambda v: v[0] if v else None)
+    return binary_labels(raw, where=f"column '{d.label_col}'")
+
+
+def load_cohort(cfg: ExperimentConfig) -> tuple[AnnData, str, str]:
+    """Read (or simulate) the config's cohort as canonical AnnData; returns it, its digest and source."""
+    d = cfg.data
+    if d.path is None:
+        from biomarkers.datasets import simulate_cohort
+
+        s = d.simulate
+        adata = simulate_cohort(
+            n_patients=s.n_patients, cells_per_patient=s.cells_per_patient, n_genes=s.n_genes, effect_size=s.effect_size, seed=s.seed
+        )
+        x = adata.X.tocsr()
+        h = hashlib.sha256(np.ascontiguousarray(x.data).tobytes())
+        h.update(np.ascontiguousarray(x.indices).tobytes())
+        args = ", ".join(f"{k}={v}" for k, v in s.model_dump().items())
+        return adata, h.hexdigest(), f"simulate_cohort({args})"
+    from biomarkers.io import read_cohort
+
+    # read_cohort maps the user's columns and label values to the canonical ones (responder / non_responder).
+    adata = read_cohort(d.path, **_read_kwargs(cfg))
+    return adata, file_digest(Path(d.path)), str(d.path)
+
+
+def _read_kwargs(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Collect the config's reader options, shared by :func:`biomarkers.io.read_cohort` and ``iter_samples``."""
+    d = cfg.data
+    return {
+        "kind": d.format,
+        "obs_map": d.obs_map or None,
+        "patient_col": d.patient_col,
+        "sample_col": d.sample_col,
+        "label_col": d.label_col,
+        "positive_label": d.positive_label,
+        "negative_label": d.negative_label,
+        "label_map": d.label_map or None,
+    }
+
+
+def _streams(cfg: ExperimentConfig) -> bool:
+    """Single-cell features computed sample by sample (``compute.stream`` or a Dask scheduler)."""
+    return cfg.data.kind != "bulk" and (cfg.compute.scheduler is not None or cfg.compute.stream)
+
+
+def _pipeline(cfg: ExperimentConfig) -> FeaturePipeline:
+    from biomarkers.features import FeaturePipeline, PreprocessParams
+    from biomarkers.signatures import load_gene_sets
+
+    gene_sets = load_gene_sets(list(cfg.signatures), path=[str(p) for p in cfg.signature_files] or None)
+    return FeaturePipeline(
+        gene_sets=gene_sets,
+        plan={k: tuple(v) for k, v in cfg.signatures.items()},
+        preprocess=PreprocessParams(**cfg.preprocess.model_dump()),
+        pb_genes=tuple(cfg.features.pb_genes),
+        pb_compartments=tuple(cfg.features.pb_compartments),
+        families=tuple(f for f in cfg.features.families if f not in {"bulk_signatures", "bulk_genes"}),
+        seed=cfg.seed,
+    )
+
+
+def _prepare_streaming(cfg: ExperimentConfig, *, t0: float) -> Cohort:
+    """Features from ``data.path`` read one sample at a time: the cohort is never in memory whole.
+
+    Labels come from the samples' metadata as they stream, so label problems are reported after the
+    features are computed (``biomarkers run --dry-run`` checks them first).
+    """
+    from biomarkers.compute import sample_stats
+
+    path = Path(cfg.data.path)  # type: ignore[arg-type]
+    digest = file_digest(path)
+    t_load = time.perf_counter() - t0
+    pipe = _pipeline(cfg)
+    t1 = time.perf_counter()
+    res = sample_stats(
+        pipe, path, scheduler=cfg.compute.scheduler, n_workers=cfg.compute.n_workers, read_kwargs=_read_kwargs(cfg)
+    )
+    labels = _patient_labels(res.labels, cfg)
+    features = pipe.finalize(res.stats)
+    features = features.loc[labels.index.intersection(features.index)]
+    return Cohort(
+        features=features,
+        labels=labels.loc[features.index],
+        groups=None,
+        kind="single_cell",
+        pipeline=pipe,
+        bulk=None,
+        cells=None,
+        digest=digest,
+        source=str(path),
+        coverage=res.coverage,
+        timings={"load_s": t_load, "features_s": time.perf_counter() - t1},
+    )
+
+
+def prepare_cohort(cfg: ExperimentConfig, *, adata: AnnData | None = None) -> Cohort:
+    """Load the cohort and build the patient x feature table and labels.
+
+    Parameters
+    ----------
+    cfg
+        The experiment.
+    adata
+        Use these cells instead of reading ``cfg.data`` (digest computed from the counts).
+
+    Returns
+    -------
+    A :class:`Cohort`.
+    """
+    t0 = time.perf_counter()
+    if adata is None and cfg.data.path is not None and _streams(cfg):
+        return _prepare_streaming(cfg, t0=t0)
+    if adata is None:
+        adata, digest, source = load_cohort(cfg)
+    else:
+        digest, source = "in-memory", "in-memory AnnData"
+    t_load = time.perf_counter() - t0
+    if cfg.data.kind == "bulk":
+        return _prepare_bulk(cfg, adata, digest=digest, source=source, t_load=t_load)
+    if K.PATIENT not in adata.obs:
+        msg = (
+            f"Patient column '{cfg.data.patient_col}' not in the cohort (have: {', '.join(map(str, adata.obs.columns[:12]))}). "
+            "Set data.patient_col in the experiment config."
+        )
+        raise DataSchemaError(msg)
+    labels = _patient_labels(adata.obs, cfg)
+    pipe = _pipeline(cfg)
+    coverage = pipe.check_genes(adata.var_names)
+    t1 = time.perf_counter()
+    if _streams(cfg):
+        # In-memory cells (simulated, or passed in): split by sample and streamed the same way.
+        from biomarkers.compute import transform_samples
+
+        features = transform_samples(pipe, adata, scheduler=cfg.compute.scheduler, n_workers=cfg.compute.n_workers)
+        cells = None
+    else:
+        cells = pipe.process(adata)
+        features = pipe.finalize(pipe.stats(cells))
+    features = features.loc[labels.index.intersection(features.index)]
+    return Cohort(
+        features=features,
+        labels=labels.loc[features.index],
+        groups=None,
+        kind="single_cell",
+        pipeline=pipe,
+        bulk=None,
+        cells=cells,
+        digest=digest,
+        source=source,
+        coverage=coverage,
+        timings={"load_s": t_load, "features_s": time.perf_counter() - t1},
+    )
+
+
+def _prepare_bulk(cfg: ExperimentConfig, adata: AnnData, *, digest: str, source: str, t_load: float) -> Cohort:
+    from biomarkers.features import bulk_features, bulk_settings
+    from biomarkers.signatures import coverage_report, load_gene_sets
+
+    for col, key in ((K.RESPONSE, "label_col"),):
+        if col not in adata.obs:
+            msg = (
+                f"Column '{getattr(cfg.data, key)}' not in the bulk table (have: {', '.join(map(str, adata.obs.columns[:12]))}). "
+                f"Set data.{key} in the experiment config."
+            )
+            raise DataSchemaError(msg)
+    d = cfg.data
+    labels = binary_labels(adata.obs[K.RESPONSE], where=f"column '{d.label_col}'")
+    gene_sets = load_gene_sets(list(cfg.signatures), path=[str(p) for p in cfg.signature_files] or None)
+    settings = bulk_settings(gene_sets=gene_sets, var_names=adata.var_names, families=cfg.features.families, genes=cfg.features.pb_genes)
+    table = adata.to_df().loc[labels.index]
+    features = bulk_features(table, **settings)
+    groups = adata.obs.loc[labels.index, K.PATIENT].astype(str) if K.PATIENT in adata.obs else None
+    return Cohort(
+        features=features,
+        labels=labels.loc[features.index],
+        groups=groups,
+        kind="bulk",
+        pipeline=None,
+        bulk=settings,
+        cells=None,
+        digest=digest,
+        source=source,
+        coverage=coverage_report(gene_sets, list(adata.var_names)),
+        timings={"load_s": t_load},
+    )
+
+
+def check_experiment(cfg: ExperimentConfig) -> None:
+    """Validate an experiment's data without computing features (``run --dry-run``).
+
+    Checks the input reads, the patient and label columns, label values and classes, the number of
+    patients per class against ``cv.n_splits``, and gene-set coverage. Raises a
+    :class:`biomarkers.BiomarkersError` subclass on the first problem.
+    """
+    from biomarkers.signatures import coverage_report, load_gene_sets
+
+    adata, _, _ = load_cohort(cfg)
+    if cfg.data.kind == "bulk":
+        y = binary_labels(adata.obs[K.RESPONSE], where=f"column '{cfg.data.label_col}'")
+    else:
+        if K.PATIENT not in adata.obs:
+            msg = f"Patient column '{cfg.data.patient_col}' not in the cohort. Set data.patient_col in the experiment config."
+            raise DataSchemaError(msg)
+        y = _patient_labels(adata.obs, cfg)
+    counts = y.value_counts()
+    if counts.min() < cfg.cv.n_splits:
+        msg = (
+            f"Too few patients per class for {cfg.cv.n_splits}-fold CV: {int(counts.get(0, 0))} negative / "
+            f"{int(counts.get(1, 0))} positive. Lower cv.n_splits (e.g. --set cv.n_splits={max(2, int(counts.min()))})."
+        )
+        raise DataSchemaError(msg)
+    gene_sets = load_gene_sets(list(cfg.signatures), path=[str(p) for p in cfg.signature_files] or None)
+    report = coverage_report(gene_sets, list(adata.var_names))
+    empty = report.loc[report["n_found"] == 0, "set"].tolist()
+    if empty and cfg.data.kind != "bulk":
+        msg = f"Gene set(s) {', '.join(empty)} have no gene in the data. Check gene symbols, or drop them from `signatures`."
+        raise DataSchemaError(msg)

@@ -1,0 +1,20 @@
+"""Every MLflow call: runs, artifacts, the pyfunc model, the registry."""
+
+from __future__ import annotations
+
+from biomarkers.tracking._compare import compare_runs
+from biomarkers.tracking._pyfunc import BiomarkerModel
+from biomarkers.tracking._registry import promote_if_better, resolve_model_uri
+from biomarkers.tracking._run import RunResult, run_experiment
+from biomarkers.tracking._store import setup_mlflow, tracking_uri
+
+__all__ = [
+    "BiomarkerModel",
+    "RunResult",
+    "compare_runs",
+    "promote_if_better",
+    "resolve_model_uri",
+    "run_experiment",
+    "setup_mlflow",
+    "tracking_uri",
+]

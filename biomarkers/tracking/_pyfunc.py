@@ -1,0 +1,137 @@
+"""``BiomarkerModel``: one MLflow pyfunc carrying the whole path from raw cells to probability."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+try:  # mlflow is a core dependency, but keep `import biomarkers` light
+    from mlflow.pyfunc import PythonModel
+except ImportError:  # pragma: no cover
+    PythonModel = object  # type: ignore[assignment,misc]
+
+from biomarkers import _keys as K
+from biomarkers._errors import FeatureMismatchError
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+logger = logging.getLogger("biomarkers")
+
+OUTPUT_COLUMNS = ("p_non_response", "prediction")
+
+
+class BiomarkerModel(PythonModel):
+    """A fitted classifier plus everything needed to rebuild its features.
+
+    The pyfunc input is the patient x feature table (checked by the model signature). The frozen
+    feature pipeline (QC / normalisation / annotation parameters, gene sets, scoring plan) travels
+    with it, so :meth:`predict_cells` and :meth:`predict_bulk` start from raw counts or a bulk table.
+
+    Parameters
+    ----------
+    estimator
+        Fitted scikit-learn pipeline with ``predict_proba``.
+    features
+        Feature names, in the order the estimator expects.
+    threshold
+        Probability at or above which a patient is called a non-responder.
+    pipeline
+        :meth:`biomarkers.features.FeaturePipeline.to_dict` output (single-cell models), or ``None``.
+    kind
+        ``'single_cell'`` or ``'bulk'``.
+    min_coverage
+        Smallest fraction of model features (or signature genes) an input must have.
+    bulk
+        Bulk feature settings (gene sets, genes, standardisation) for bulk models.
+    metadata
+        Free-form provenance (experiment, CV metrics).
+    """
+
+    def __init__(
+        self,
+        estimator: Any,
+        *,
+        features: list[str],
+        threshold: float,
+        pipeline: dict[str, Any] | None = None,
+        kind: str = "single_cell",
+        min_coverage: float = 0.9,
+        bulk: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        self.estimator = estimator
+        self.features = list(features)
+        self.threshold = float(threshold)
+        self.pipeline = pipeline
+        self.kind = kind
+        self.min_coverage = float(min_coverage)
+        self.bulk = bulk
+        self.metadata = metadata or {}
+
+    # -- the pyfunc entry point -------------------------------------------------------------------
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:  # noqa: ARG002
+        """Patient x feature table -> ``p_non_response``, ``prediction`` (one row per input row)."""
+        return self.predict_features(model_input)
+
+    # -- helpers used by `biomarkers predict` -----------------------------------------------------
+    def feature_coverage(self, table: pd.DataFrame) -> pd.Series:
+        """Per row: fraction of model features present and finite."""
+        present = [f for f in self.features if f in table.columns]
+        if not present:
+            return pd.Series(0.0, index=table.index)
+        return table[present].notna().sum(axis=1) / len(self.features)
+
+    def check_features(self, table: pd.DataFrame) -> pd.DataFrame:
+        """Align columns to the model; raise :class:`FeatureMismatchError` below ``min_coverage``."""
+        present = [f for f in self.features if f in table.columns]
+        frac = len(present) / len(self.features)
+        if frac < self.min_coverage:
+            missing = [f for f in self.features if f not in table.columns]
+            msg = (
+                f"Only {len(present)}/{len(self.features)} model features present (min {self.min_coverage:.0%}). "
+                f"Missing: {', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}. "
+                "Is this the input kind the model was trained on (cells / features / bulk), with the same gene sets?"
+            )
+            raise FeatureMismatchError(msg)
+        return table.reindex(columns=self.features).astype(np.float64)
+
+    def predict_features(self, table: pd.DataFrame) -> pd.DataFrame:
+        """Probabilities and calls for a feature table (rows = patients or samples)."""
+        x = self.check_features(table)
+        p = self.estimator.predict_proba(x)[:, 1]
+        return pd.DataFrame(
+            {"p_non_response": p, "prediction": np.where(p >= self.threshold, K.NON_RESPONDER, K.RESPONDER)},
+            index=table.index,
+        )
+
+    def features_from_cells(self, adata: AnnData) -> pd.DataFrame:
+        """Rebuild the patient feature table from raw-count cells with the frozen pipeline."""
+        from biomarkers.features import FeaturePipeline
+
+        if self.pipeline is None:
+            msg = f"This is a {self.kind} model: it takes a {self.kind} table, not single cells."
+            raise FeatureMismatchError(msg)
+        pipe = FeaturePipeline.from_dict(self.pipeline)
+        report = pipe.check_genes(adata.var_names)
+        low = report[report["frac_found"] < 0.5]
+        if not low.empty:
+            r = low.iloc[0]
+            msg = (
+                f"Too few signature genes in the input: {r['set']} has {int(r['n_found'])}/{int(r['n_genes'])} "
+                "(min 50%). Are genes HGNC symbols, and is this the full transcriptome?"
+            )
+            raise FeatureMismatchError(msg)
+        return pipe.transform(adata)
+
+    def features_from_bulk(self, table: pd.DataFrame) -> pd.DataFrame:
+        """Bulk samples x genes (log scale) -> the model's bulk features, standardised within the cohort."""
+        from biomarkers.features import bulk_features
+
+        if self.bulk is None:
+            msg = "This is a single-cell model: it needs cells or a patient x feature table, not a bulk table."
+            raise FeatureMismatchError(msg)
+        return bulk_features(table, **self.bulk)

@@ -1,0 +1,362 @@
+"""``run_experiment``: cohort -> features -> CV of models and baselines -> MLflow runs -> registry."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from biomarkers import _keys as K
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+    from biomarkers.cohort import Cohort
+    from biomarkers.config import ExperimentConfig
+    from biomarkers.models import EvaluationResult
+
+logger = logging.getLogger("biomarkers")
+
+METRIC_NAMES = ("auroc", "auprc", "balanced_accuracy", "brier")
+
+
+@dataclass
+class RunResult:
+    """What :func:`run_experiment` did.
+
+    Attributes
+    ----------
+    experiment_name, parent_run_id
+        Where it is in MLflow.
+    child_runs
+        Model or baseline name -> child run id.
+    evaluation
+        The cross-validation result.
+    model_uri
+        ``models:/<name>/<version>`` of the registered best model (None when not registered).
+    model_version
+        The new registered version.
+    champion_version
+        Version the champion alias points to after this run.
+    became_champion
+        Whether this run moved the alias.
+    seconds
+        Wall time.
+    """
+
+    experiment_name: str
+    parent_run_id: str
+    child_runs: dict[str, str]
+    evaluation: EvaluationResult
+    cohort: Cohort
+    model_uri: str | None
+    model_version: str | None
+    champion_version: str | None
+    became_champion: bool
+    seconds: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _git_sha() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)  # noqa: S607
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("biomarkers", "scanpy", "anndata", "scikit-learn", "lightgbm", "mlflow", "numpy", "pandas"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "absent"
+    return out
+
+
+def _model_specs(cfg: ExperimentConfig) -> list[dict[str, Any]]:
+    return [m.model_dump(exclude_none=True) for m in cfg.models]
+
+
+def _baselines(cfg: ExperimentConfig, columns: pd.Index) -> list[str]:
+    out = ["majority"] if cfg.baselines.majority else []
+    out += [f"single_feature:{c}" for c in cfg.baselines.single_features if c in columns]
+    return out
+
+
+def run_experiment(cfg: ExperimentConfig, *, adata: AnnData | None = None) -> RunResult:
+    """Run an experiment end to end and record it in MLflow.
+
+    All computation (cohort, features, cross-validation, final refits) happens before any MLflow run
+    is opened, so bad input never leaves a run behind. The parent run then gets the resolved config,
+    tags, the input data and plots; one child run per model and baseline gets its metrics with CIs;
+    each model's final refit is logged as a :class:`BiomarkerModel` pyfunc. The best model is
+    registered, and the ``champion`` alias moves to it only if it beats the current champion's CV AUROC.
+    If anything fails (or Ctrl-C) after the run opened, the runs are marked FAILED and a model version
+    created by this run is deleted, leaving the registry as it was.
+
+    Parameters
+    ----------
+    cfg
+        The experiment.
+    adata
+        Cells to use instead of ``cfg.data``.
+
+    Returns
+    -------
+    A :class:`RunResult`.
+    """
+    from biomarkers.cohort import prepare_cohort
+    from biomarkers.tracking import _plots
+    from biomarkers.tracking._store import setup_mlflow
+
+    t0 = time.perf_counter()
+    setup_mlflow()
+    cohort = prepare_cohort(cfg, adata=adata)
+    umap = None
+    if cohort.cells is not None and cfg.plots.umap:
+        umap = _plots.UmapJob(cohort.cells, max_cells=cfg.plots.umap_max_cells, seed=cfg.seed)
+    try:
+        return _evaluate_and_log(cfg, cohort, umap=umap, t0=t0)
+    finally:
+        if umap is not None:
+            umap.close()
+
+
+def _evaluate_and_log(cfg: ExperimentConfig, cohort: Cohort, *, umap: Any, t0: float) -> RunResult:
+    import mlflow
+
+    from biomarkers.models import evaluate_models, feature_importance, fit_final
+    from biomarkers.tracking._store import get_or_create_experiment
+
+    X, y = cohort.features, cohort.labels
+    t_feat = time.perf_counter()
+    # A new SQLite store runs its schema migrations on first use (~8 s): overlap that with the CV.
+    pool = ThreadPoolExecutor(max_workers=1)
+    exp_future = pool.submit(get_or_create_experiment, cfg.name)
+    pool.shutdown(wait=False)
+    evaluation = evaluate_models(
+        X,
+        y,
+        model_specs=_model_specs(cfg),
+        cv_spec=cfg.cv.model_dump(),
+        seed=cfg.seed,
+        groups=cohort.groups,
+        baselines=_baselines(cfg, X.columns),
+        n_boot=cfg.evaluation.n_boot,
+        n_permutations=cfg.evaluation.n_permutations,
+    )
+    t_cv = time.perf_counter()
+    model_names = [n for n in evaluation.metrics.index if evaluation.metrics.loc[n, "kind"] == "model"]
+    finals = {n: fit_final(evaluation.specs[n], X, y, seed=cfg.seed) for n in model_names}
+    importances = {n: feature_importance(est, feature_names=list(X.columns)) for n, est in finals.items()}
+    t_fit = time.perf_counter()
+
+    exp_id = exp_future.result()
+    run_name = f"{cfg.name}-{datetime.now(tz=UTC).strftime('%Y%m%d-%H%M%S')}"
+    client = mlflow.MlflowClient()
+    created_version: str | None = None
+    previous_alias: str | None = None
+    child_runs: dict[str, str] = {}
+    model_uris: dict[str, str | None] = {}
+    parent = mlflow.start_run(experiment_id=exp_id, run_name=run_name)
+    try:
+        _log_parent(cfg, cohort, evaluation, umap=umap)
+        for name in evaluation.metrics.index:
+            with mlflow.start_run(run_name=name, nested=True, experiment_id=exp_id) as child:
+                child_runs[name] = child.info.run_id
+                model_uris[name] = _log_child(cfg, cohort, evaluation, name, finals.get(name), importances.get(name))
+        best = evaluation.best_model
+        best_auroc = float(evaluation.metrics.loc[best, "auroc"])
+        mlflow.log_metric("best_cv_auroc", best_auroc)
+        mlflow.set_tag("best_model", best)
+        model_uri = model_version = champion = None
+        became = False
+        if cfg.registry.enabled:
+            from biomarkers.tracking._registry import promote_if_better
+
+            name = cfg.registry.model_name
+            mv = mlflow.register_model(model_uris[best], name, tags={"cv_auroc": f"{best_auroc:.6f}"})
+            created_version = str(mv.version)
+            model_version = created_version
+            model_uri = f"models:/{name}/{mv.version}"
+            client.set_model_version_tag(name, mv.version, "experiment", cfg.name)
+            client.set_model_version_tag(name, mv.version, "run_id", parent.info.run_id)
+            client.set_model_version_tag(name, mv.version, "kind", cohort.kind)
+            previous_alias, champion, became = promote_if_better(client, name, cfg.registry.alias, mv.version, best_auroc)
+            mlflow.set_tag("registered_model", model_uri)
+            mlflow.set_tag("champion", f"models:/{name}@{cfg.registry.alias} -> version {champion}")
+        mlflow.end_run(status="FINISHED")
+    except BaseException:
+        _fail(client, cfg, created_version, previous_alias, child_runs=list(child_runs.values()))
+        raise
+    t_end = time.perf_counter()
+    timings = {
+        **cohort.timings,
+        "cv_s": t_cv - t_feat,
+        "final_fit_s": t_fit - t_cv,
+        "mlflow_s": t_end - t_fit,
+        "total_s": t_end - t0,
+    }
+    logger.info("run_experiment: %s", ", ".join(f"{k}={v:.1f}" for k, v in timings.items()))
+    return RunResult(
+        experiment_name=cfg.name,
+        parent_run_id=parent.info.run_id,
+        child_runs=child_runs,
+        evaluation=evaluation,
+        cohort=cohort,
+        model_uri=model_uri,
+        model_version=model_version,
+        champion_version=champion,
+        became_champion=became,
+        seconds=t_end - t0,
+        timings=timings,
+    )
+
+
+def _fail(
+    client: Any, cfg: ExperimentConfig, created_version: str | None, previous_alias: str | None, *, child_runs: list[str]
+) -> None:
+    """Mark the parent and its children FAILED and undo this run's registry changes."""
+    import mlflow
+
+    try:
+        for run_id in child_runs:  # finished children of a failed parent are not results either
+            client.set_terminated(run_id, status="FAILED")
+        if created_version is not None:
+            name, alias = cfg.registry.model_name, cfg.registry.alias
+            if previous_alias is not None:
+                client.set_registered_model_alias(name, alias, previous_alias)
+            client.delete_model_version(name, created_version)
+    finally:
+        while mlflow.active_run() is not None:
+            mlflow.end_run(status="FAILED")
+
+
+def _log_parent(cfg: ExperimentConfig, cohort: Cohort, evaluation: EvaluationResult, *, umap: Any) -> None:
+    import mlflow
+
+    from biomarkers.config import dump_config, flatten
+    from biomarkers.tracking import _plots
+
+    params = flatten(cfg.model_dump(mode="json"))
+    items = list(params.items())
+    for i in range(0, len(items), 100):  # MLflow caps params per batch
+        mlflow.log_params({k[:250]: v[:6000] for k, v in items[i : i + 100]})
+    versions = _versions()
+    mlflow.set_tags(
+        {
+            "git_sha": _git_sha(),
+            "data_digest": cohort.digest,
+            "data_source": cohort.source,
+            "data_kind": cohort.kind,
+            "bm.version": versions["biomarkers"],
+            "package_versions": json.dumps(versions),
+            "n_patients": str(len(cohort.features)),
+            "n_features": str(cohort.features.shape[1]),
+        }
+    )
+    table = cohort.features.copy()
+    table["label"] = cohort.labels
+    dataset = mlflow.data.from_pandas(table.reset_index(), source=cohort.source, name=f"{cfg.name}-features", targets="label", digest=cohort.digest[:36])
+    mlflow.log_input(dataset, context="training")
+    mlflow.log_metric("n_patients", len(cohort.features))
+    perm = evaluation.permutation
+    if perm is not None:
+        mlflow.log_metric("permutation_p_value", perm.p_value)
+        mlflow.log_metric("permutation_null_auroc_mean", float(perm.null.mean()))
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        (d / "config.resolved.yaml").write_text(dump_config(cfg))
+        table.to_csv(d / "features.csv")
+        preds = evaluation.predictions.copy()
+        preds.index.name = K.PATIENT
+        preds.to_csv(d / "cv_predictions.csv")
+        pd.concat(evaluation.oof, names=["model"]).to_csv(d / "cv_predictions_by_fold.csv")
+        evaluation.metrics.to_csv(d / "metrics.csv")
+        cohort.coverage.to_csv(d / "gene_set_coverage.csv", index=False)
+        mlflow.log_artifacts(str(d))
+        plots = d / "plots"
+        plots.mkdir()
+        oof = {n: evaluation.predictions[[n]].rename(columns={n: "p"}).assign(y_true=evaluation.predictions["y_true"]) for n in evaluation.metrics.index}
+        baselines = {n for n in evaluation.metrics.index if evaluation.metrics.loc[n, "kind"] == "baseline"}
+        figs = {
+            "roc_pr.png": _plots.roc_pr_figure(oof, baselines=baselines),
+            "calibration.png": _plots.calibration_figure({n: oof[n] for n in oof if n not in baselines}),
+            "patient_signature_heatmap.png": _plots.heatmap_figure(cohort.features, cohort.labels),
+        }
+        if umap is not None:
+            figs["umap_cell_type_aqp9.png"] = umap.figure()
+        import matplotlib.pyplot as plt
+
+        for fname, fig in figs.items():
+            fig.savefig(plots / fname, dpi=110)
+            plt.close(fig)
+        mlflow.log_artifacts(str(plots), artifact_path="plots")
+
+
+def _log_child(
+    cfg: ExperimentConfig,
+    cohort: Cohort,
+    evaluation: EvaluationResult,
+    name: str,
+    final: Any,
+    importance: pd.Series | None,
+) -> str | None:
+    import mlflow
+
+    from biomarkers.tracking import _plots
+
+    row = evaluation.metrics.loc[name]
+    mlflow.set_tag("kind", row["kind"])
+    mlflow.log_params({"model_name": name, "spec": json.dumps(evaluation.specs[name], default=str)[:6000]})
+    metrics = {}
+    for m in METRIC_NAMES:
+        metrics[f"cv_{m}"] = float(row[m])
+        metrics[f"cv_{m}_ci_low"] = float(row[f"{m}_ci_low"])
+        metrics[f"cv_{m}_ci_high"] = float(row[f"{m}_ci_high"])
+    metrics["cv_auroc_repeat_mean"] = float(row["auroc_repeat_mean"])
+    metrics["cv_auroc_repeat_sd"] = float(row["auroc_repeat_sd"])
+    mlflow.log_metrics(metrics)
+    for rep in evaluation.per_repeat[evaluation.per_repeat["model"] == name].itertuples():
+        mlflow.log_metric("cv_auroc_by_repeat", float(rep.auroc), step=int(rep.repeat))
+    if final is None:
+        return None
+    from mlflow.models import infer_signature
+
+    from biomarkers.tracking._pyfunc import BiomarkerModel
+
+    threshold = evaluation.threshold if name == evaluation.best_model else 0.5
+    model = BiomarkerModel(
+        final,
+        features=list(cohort.features.columns),
+        threshold=threshold,
+        pipeline=cohort.pipeline.to_dict() if cohort.pipeline is not None else None,
+        kind=cohort.kind,
+        bulk=cohort.bulk,
+        metadata={"experiment": cfg.name, "model": name, "cv_auroc": float(row["auroc"])},
+    )
+    example = cohort.features.iloc[:2].astype("float64")
+    signature = infer_signature(example, model.predict_features(example))
+    mlflow.log_param("threshold", threshold)
+    info = mlflow.pyfunc.log_model(name="model", python_model=model, signature=signature, input_example=example)
+    if importance is not None and len(importance):
+        import matplotlib.pyplot as plt
+
+        fig = _plots.importance_figure(importance)
+        mlflow.log_figure(fig, "plots/feature_importance.png")
+        plt.close(fig)
+        mlflow.log_text(importance.to_csv(), "feature_importance.csv")
+    return info.model_uri
