@@ -40,6 +40,15 @@ def _is_table(path: Path) -> bool:
     return any(path.name.lower().endswith(s) for s in TABLE_SUFFIXES)
 
 
+def _has_features(path: Path, features: list[str]) -> bool:
+    sep = "\t" if ".tsv" in path.name.lower() else ","
+    try:
+        header = pd.read_csv(path, sep=sep, nrows=0).columns
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError):
+        return False
+    return len(set(features) & set(header)) > 0
+
+
 def _read_feature_table(path: Path, *, id_col: str) -> pd.DataFrame:
     sep = "\t" if ".tsv" in path.name.lower() else ","
     try:
@@ -89,11 +98,14 @@ def predict(
     id_col = K.SAMPLE if model.kind == "bulk" else K.PATIENT
     if isinstance(data, (str, Path)):
         path = Path(data)
-        if model.kind == "bulk":
+        if _is_table(path) and (model.kind == "bulk" or (model.bulk is not None and not _has_features(path, model.features))):
+            # A bulk table of samples x genes: bulk models, and single-cell models whose features also exist in
+            # bulk (pbz__<set>, cohort-standardised signature scores).
             from biomarkers.io import read_cohort
 
             bulk = read_cohort(path, kind="bulk_table")
             features = model.features_from_bulk(bulk.to_df())
+            id_col = K.SAMPLE
         elif _is_table(path):
             features = _read_feature_table(path, id_col=id_col)
         else:

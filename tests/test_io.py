@@ -579,9 +579,11 @@ def test_bulk_duplicate_genes_collapse_to_max_mean(tmp_path: Path) -> None:
 
 
 def test_bulk_errors(tmp_path: Path) -> None:
-    (tmp_path / "nopatient.csv").write_text("sample_id,response,IL6\ns1,R,5\ns2,NR,6\n")
-    with pytest.raises(DataSchemaError, match=r"'patient_id' not in .*have: sample_id, response.*data\.patient_col"):
-        read_cohort(tmp_path / "nopatient.csv")
+    (tmp_path / "nopatient.csv").write_text("sample_id,response,IL6\ns1,responder,5\ns2,non_responder,6\n")
+    # Bulk tables without a patient column (e.g. a new cohort to predict on): one patient per sample, with a warning.
+    with pytest.warns(UserWarning, match="assuming one patient per sample"):
+        nopatient = read_cohort(tmp_path / "nopatient.csv")
+    assert list(nopatient.obs["patient_id"]) == list(nopatient.obs["sample_id"])
     (tmp_path / "labels.csv").write_text("sample_id,patient_id,response,IL6\ns1,p1,good,5\ns2,p2,bad,6\n")
     with pytest.raises(DataSchemaError, match=r"Unknown response labels .*found: bad, good.*label_map"):
         read_cohort(tmp_path / "labels.csv")

@@ -39,6 +39,8 @@ def _root(
     # variable when it is first imported, which is after this point (imports are lazy).
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "DEBUG" if debug else "INFO" if verbose else "WARNING")
     logging.getLogger("alembic").setLevel(logging.INFO if verbose else logging.WARNING)
+    # Our pyfunc is logged as a Python object (cloudpickle), by design; MLflow warns about that on every run.
+    logging.getLogger("mlflow.pyfunc").addFilter(lambda r: "CloudPickle" not in r.getMessage())
 
 
 _run.register(app)

@@ -17,9 +17,10 @@ def _print_summary(res) -> None:
     console = Console(width=max(Console().width, 150))
     ev = res.evaluation
     cv = ev.cv
-    table = Table(
-        title=f"{res.experiment_name}: {len(res.cohort.features)} patients, {cv['n_repeats']}x{cv['n_splits']}-fold CV by patient, 95% bootstrap CIs"
-    )
+    n = len(res.cohort.features)
+    groups = res.cohort.groups
+    unit = f"{n} samples of {groups.nunique()} patients" if groups is not None else f"{n} patients"
+    table = Table(title=f"{res.experiment_name}: {unit}, {cv['n_repeats']}x{cv['n_splits']}-fold CV by patient, 95% bootstrap CIs")
     for col in ("model", "kind", "AUROC", "AUPRC", "balanced acc.", "Brier"):
         table.add_column(col, justify="left" if col in {"model", "kind"} else "right")
     for name, r in ev.metrics.iterrows():
@@ -27,6 +28,11 @@ def _print_summary(res) -> None:
         style = "bold" if name == ev.best_model else None
         table.add_row(str(name), str(r["kind"]), *cells, style=style)
     console.print(table)
+    if "majority" in ev.metrics.index:
+        console.print(
+            "[dim]majority predicts each training fold's prevalence: its AUROC below 0.5 is a CV artifact "
+            "(holding out a non-responder lowers its fold's prevalence); compare models with it on Brier score.[/dim]"
+        )
     perm = ev.permutation
     if perm is not None:
         console.print(f"Best model: {ev.best_model}; permutation test p = {perm.p_value:.3g} ({perm.n_permutations} label permutations)")

@@ -7,9 +7,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from biomarkers import _keys as K
 from biomarkers._errors import DataSchemaError
 from biomarkers.features._aggregate import ALL, combine_stats, patient_stats, stats_to_features
+from biomarkers.features._bulk import bulk_features
 from biomarkers.features._score import DEFAULT_PLAN, score_by_compartment
 
 if TYPE_CHECKING:
@@ -22,6 +25,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("biomarkers")
 
+BRIDGE_FAMILY = "bulk_signatures"  # pbz__<set>: cohort-standardised pseudobulk signature scores, also computable on bulk
 DEFAULT_FAMILIES = ("aqp9_macrophage_fraction", "proportions", "signature_means", "pseudobulk", "n_cells")
 DEFAULT_PB_GENES = ("OSM", "OSMR", "TREM1", "AQP9", "SOCS3")
 DEFAULT_PB_COMPARTMENTS = ("MNP", "stroma", "epithelium", ALL)
@@ -122,15 +126,42 @@ class FeaturePipeline:
         logger.info("process: %d -> %d cells in %.1f s", adata.n_obs, ad.n_obs, time.perf_counter() - t0)
         return ad
 
+    @property
+    def bridge_genes(self) -> dict[str, list[str]]:
+        """Gene set -> its genes, for the ``bulk_signatures`` family (``pbz__<set>``); empty when not requested."""
+        if BRIDGE_FAMILY not in self.families:
+            return {}
+        return {n: list(self.gene_sets[n].genes) for n in self.plan}
+
     def stats(self, processed: AnnData) -> pd.DataFrame:
         """Additive per-patient statistics of processed cells (see :func:`patient_stats`)."""
-        return patient_stats(processed, plan=self.plan, pb_genes=self.pb_genes, pb_compartments=self.pb_compartments)
+        st = patient_stats(processed, plan=self.plan, pb_genes=self.pb_genes, pb_compartments=self.pb_compartments)
+        extra = sorted({g for gs in self.bridge_genes.values() for g in gs} - set(self.pb_genes))
+        if extra:
+            whole = patient_stats(processed, plan={}, pb_genes=extra, pb_compartments=(ALL,))
+            st = st.join(whole[[c for c in whole.columns if c.startswith(f"pbsum__{ALL}__")]])
+        return st
 
     def finalize(self, stats: pd.DataFrame) -> pd.DataFrame:
         """Patients x features from (combined) statistics."""
-        return stats_to_features(
-            stats, plan=self.plan, pb_genes=self.pb_genes, pb_compartments=self.pb_compartments, families=self.families
+        feats = stats_to_features(
+            stats,
+            plan=self.plan,
+            pb_genes=self.pb_genes,
+            pb_compartments=self.pb_compartments,
+            families=[f for f in self.families if f != BRIDGE_FAMILY],
         )
+        if self.bridge_genes:
+            feats = feats.join(bulk_features(self.pseudobulk_logcpm(stats), gene_sets=self.bridge_genes, genes=[]))
+        return feats
+
+    def pseudobulk_logcpm(self, stats: pd.DataFrame) -> pd.DataFrame:
+        """Whole-sample pseudobulk log2(CPM+1) per patient of the bridge genes: the single-cell analogue of a biopsy."""
+        cols = [c for c in stats.columns if c.startswith(f"pbsum__{ALL}__")]
+        tot = stats[f"pbtot__{ALL}"]
+        table = np.log2(1 + 1e6 * stats[cols].div(tot.where(tot > 0), axis=0))
+        table.columns = [c.removeprefix(f"pbsum__{ALL}__") for c in cols]
+        return table
 
     def transform(self, adata: AnnData) -> pd.DataFrame:
         """Raw-count cells -> patients x features."""

@@ -267,7 +267,7 @@ def read_bulk_table(
         meta[_keys.SAMPLE] = meta.index.to_numpy()
     obs = apply_obs_map(meta, mapping, source=source)
     obs = finalize_obs(
-        obs, source=source, labels=labels, patient_from_sample=False, label_required=_keys.RESPONSE in mapping
+        obs, source=source, labels=labels, patient_from_sample=True, label_required=_keys.RESPONSE in mapping
     )
     adata, transform = build_bulk(expr, var, obs, source=source, gene_map=gene_map)
     record_provenance(

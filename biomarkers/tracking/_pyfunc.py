@@ -134,4 +134,13 @@ class BiomarkerModel(PythonModel):
         if self.bulk is None:
             msg = "This is a single-cell model: it needs cells or a patient x feature table, not a bulk table."
             raise FeatureMismatchError(msg)
+        needed = {g for gs in self.bulk["gene_sets"].values() for g in gs} | set(self.bulk["genes"])
+        found = needed & set(table.columns)
+        if len(found) < self.min_coverage * len(needed):
+            missing = sorted(needed - found)
+            msg = (
+                f"Only {len(found)}/{len(needed)} of the model's genes are in the bulk table (min {self.min_coverage:.0%}). "
+                f"Missing: {', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}. Are columns HGNC symbols (not probe IDs)?"
+            )
+            raise FeatureMismatchError(msg)
         return bulk_features(table, **self.bulk)
