@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import shared_file
 from sklearn.metrics import roc_auc_score
 
 import biomarkers as bm
 from biomarkers import _keys as K
 from biomarkers._errors import FeatureMismatchError
-from conftest import shared_file
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 GENES = ["ACTB", "CXCL8", "FCGR3B", "IL1B", "IL6", "ITGAM", "PTGS2", "S100A12", "TLR2", "TLR4", "TLR8"]
@@ -68,8 +68,8 @@ def test_bulk_experiment_registers_and_predicts_another_cohort(bulk_store):
     assert list(table.columns[:3]) == [K.SAMPLE, "p_non_response", "prediction"]
     assert len(table) == len(df)
     assert roc_auc_score(df["response"] == K.NON_RESPONDER, table["p_non_response"]) > 0.8
+    other[["sample_id", "ACTB"]].to_csv(bulk_store / "thin.csv", index=False)
     with pytest.raises(FeatureMismatchError, match="genes"):
-        other[["sample_id", "ACTB"]].to_csv(bulk_store / "thin.csv", index=False)
         bm.predict(bulk_store / "thin.csv", model_uri="models:/anti-tnf-nonresponse-bulk@champion")
 
 
