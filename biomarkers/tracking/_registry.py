@@ -10,7 +10,7 @@ from biomarkers._errors import ModelNotFoundError
 logger = logging.getLogger("biomarkers")
 
 
-def promote_if_better(client: Any, name: str, alias: str, version: str, cv_auroc: float) -> tuple[str | None, str, bool]:
+def promote_if_better(client: Any, name: str, *, alias: str, version: str, cv_auroc: float) -> tuple[str | None, str, bool]:
     """Point ``alias`` at ``version`` if its CV AUROC beats the current holder's.
 
     Returns

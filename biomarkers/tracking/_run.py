@@ -195,7 +195,7 @@ def _evaluate_and_log(cfg: ExperimentConfig, cohort: Cohort, *, umap: Any, t0: f
             client.set_model_version_tag(name, mv.version, "experiment", cfg.name)
             client.set_model_version_tag(name, mv.version, "run_id", parent.info.run_id)
             client.set_model_version_tag(name, mv.version, "kind", cohort.kind)
-            previous_alias, champion, became = promote_if_better(client, name, cfg.registry.alias, mv.version, best_auroc)
+            previous_alias, champion, became = promote_if_better(client, name, alias=cfg.registry.alias, version=mv.version, cv_auroc=best_auroc)
             mlflow.set_tag("registered_model", model_uri)
             mlflow.set_tag("champion", f"models:/{name}@{cfg.registry.alias} -> version {champion}")
         mlflow.end_run(status="FINISHED")
