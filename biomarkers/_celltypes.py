@@ -64,10 +64,11 @@ COMPARTMENTS: tuple[str, ...] = (MNP, GRANULOCYTE, LYMPHOID, PLASMA, STROMA, EPI
 
 # Positive markers per major type. Kept short and specific: annotation scores each list.
 MARKERS: dict[str, tuple[str, ...]] = {
-    MACROPHAGE: ("CD68", "CD14", "C1QA", "C1QB", "C1QC", "CD163", "FCGR3A", "LYZ", "CSF1R", "MS4A7", "AIF1"),
+    MACROPHAGE: ("CD68", "CD14", "C1QA", "C1QB", "C1QC", "CD163", "LYZ", "CSF1R", "MS4A7", "AIF1"),
     DENDRITIC: ("CD1C", "FCER1A", "CLEC10A", "CLEC9A", "XCR1", "LAMP3", "CCR7", "HLA-DQA1"),
     NEUTROPHIL: ("CSF3R", "FCGR3B", "CXCR2", "CMTM2", "FPR1", "MNDA", "PROK2"),
-    T_CELL: ("CD3D", "CD3E", "CD3G", "CD2", "TRAC", "CD8A", "IL7R", "CD247"),
+    # NK and ILC markers too: at this resolution they are lymphoid cytotoxic cells, not myeloid (FCGR3A is on NK cells).
+    T_CELL: ("CD3D", "CD3E", "CD3G", "CD2", "TRAC", "CD8A", "IL7R", "CD247", "NKG7"),
     B_CELL: ("MS4A1", "CD79A", "CD79B", "CD19", "BANK1", "CD22", "PAX5"),
     PLASMA_IGA: ("IGHA1", "IGHA2", "JCHAIN", "MZB1", "SDC1", "XBP1"),
     PLASMA_IGG: ("IGHG1", "IGHG2", "IGHG3", "IGHG4", "MZB1", "SDC1", "XBP1"),
