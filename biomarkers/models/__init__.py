@@ -8,8 +8,10 @@ Design choices
 --------------
 - Folds: stratified K-fold over patients, reshuffled each repeat; with ``groups`` (several samples per
   patient) ``StratifiedGroupKFold``, so a patient is never on both sides of a split.
-- Repeated CV: a patient's OOF probability is the mean over repeats; headline metrics (with bootstrap CIs over
-  patients) use it, and per-repeat AUROCs are kept (``auroc_repeat_mean``/``_sd``).
+- Repeated CV: headline metrics are the mean over repeats of each repeat's metric; their 95% CIs come from a
+  bootstrap that resamples patients *and* draws a repeat per replicate, so they carry the CV's refitting
+  variability too. A patient's repeat-averaged OOF probability is kept for plots, the threshold and
+  ``predictions``; per-repeat AUROCs are kept (``auroc_repeat_mean``/``_sd``).
 - Baselines on the same folds: ``majority`` (training-fold prevalence) and ``single_feature`` (a 1-feature
   logistic regression, so the feature's direction is learned inside each training fold, and its probabilities
   are calibrated enough for Brier score and balanced accuracy). The majority baseline's CV AUROC is usually

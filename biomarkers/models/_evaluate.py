@@ -37,8 +37,9 @@ class EvaluationResult:
     Attributes
     ----------
     metrics
-        One row per model and baseline (index ``model``): ``kind`` (``model``/``baseline``), each metric of the
-        repeat-averaged OOF predictions with ``_ci_low``/``_ci_high``, ``auroc_repeat_mean``/``auroc_repeat_sd``
+        One row per model and baseline (index ``model``): ``kind`` (``model``/``baseline``), each metric as the
+        mean over CV repeats with ``_ci_low``/``_ci_high`` (bootstrap over patients and repeats),
+        ``auroc_repeat_mean``/``auroc_repeat_sd``
         (AUROC of each repeat's pooled OOF predictions), ``n``, ``n_positive``. Models first, best AUROC first.
     oof
         Per model: long OOF table from :func:`cross_validate_model` (``patient_id, repeat, fold, y_true, p``).
@@ -212,9 +213,12 @@ def evaluate_models(
             t = time.perf_counter()
             oof[name] = cross_validate_model(spec, Xf, y_arr, folds=folds, seed=seed, groups=g)
             summaries[name] = summarize_oof(oof[name])
+            order = summaries[name].index
+            p_repeats = np.vstack([summarize_oof(d).loc[order, "p"].to_numpy() for _, d in oof[name].groupby("repeat")])
             m = evaluate_predictions(
-                summaries[name]["y_true"], summaries[name]["p"], n_boot=n_boot, seed=seed, threshold=threshold
-            )
+                summaries[name]["y_true"], summaries[name]["p"], n_boot=n_boot, seed=seed, threshold=threshold,
+                p_repeats=p_repeats,
+            )  # fmt: skip
             per_rep = [
                 {"model": name, "repeat": r, **point_metrics(d["y_true"], d["p"], threshold=threshold)}
                 for r, d in oof[name].groupby("repeat")

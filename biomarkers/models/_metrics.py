@@ -104,7 +104,14 @@ def _bootstrap_indices(y: np.ndarray, n_boot: int, rng: np.random.Generator) -> 
 
 
 def evaluate_predictions(
-    y_true: Any, p: Any, *, n_boot: int = 1000, seed: int | None = 0, threshold: float = 0.5, ci: float = 0.95
+    y_true: Any,
+    p: Any,
+    *,
+    n_boot: int = 1000,
+    seed: int | None = 0,
+    threshold: float = 0.5,
+    ci: float = 0.95,
+    p_repeats: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Point estimates and percentile-bootstrap CIs of AUROC, AUPRC, balanced accuracy and Brier score.
 
@@ -125,6 +132,13 @@ def evaluate_predictions(
         ``p >= threshold`` is called non-responder (balanced accuracy only).
     ci
         Central coverage of the interval.
+    p_repeats
+        Optional repeats x patients matrix of each CV repeat's out-of-fold probabilities (same patient order).
+        Then the point estimate is the mean over repeats of each repeat's metric (the usual repeated-CV
+        estimate), and each bootstrap replicate draws one repeat as well as the patients, so the CI also
+        carries the CV's refitting variability. Without it, averaged predictions are smoother than any one
+        model's and a bootstrap over patients alone is too narrow: on null cohorts the best model's CI could
+        exclude 0.5.
 
     Returns
     -------
@@ -140,11 +154,18 @@ def evaluate_predictions(
     """
     y, s = _check(y_true, p)
     out: dict[str, float] = {}
-    point = point_metrics(y, s, threshold=threshold)
+    rng = np.random.default_rng(seed)
+    if p_repeats is None:
+        point = point_metrics(y, s, threshold=threshold)
+    else:
+        reps = np.atleast_2d(np.asarray(p_repeats, dtype=float))
+        per_rep = [point_metrics(y, r, threshold=threshold) for r in reps]
+        point = {name: float(np.mean([m[name] for m in per_rep])) for name in METRICS}
     boot: dict[str, np.ndarray] = {}
     if n_boot > 0:
-        idx = _bootstrap_indices(y, n_boot, np.random.default_rng(seed))
-        yb, sb = y[idx], s[idx]
+        idx = _bootstrap_indices(y, n_boot, rng)
+        yb = y[idx]
+        sb = s[idx] if p_repeats is None else reps[rng.integers(0, reps.shape[0], size=n_boot)[:, None], idx]
         boot = {
             "auroc": _auroc(yb, sb),
             "auprc": np.array([_average_precision(yb[i], sb[i]) for i in range(n_boot)]),
