@@ -51,7 +51,7 @@ LIGHTGBM_DEFAULTS: dict[str, Any] = {
     "n_jobs": 1,
     "deterministic": True,
 }
-RANDOM_FOREST_DEFAULTS: dict[str, Any] = {"n_estimators": 500, "min_samples_leaf": 2, "n_jobs": 1}
+RANDOM_FOREST_DEFAULTS: dict[str, Any] = {"n_estimators": 300, "min_samples_leaf": 2, "n_jobs": 1}
 LOGREG_DEFAULTS: dict[str, Any] = {"C": 1.0, "l1_ratio": 0.0, "class_weight": None, "max_iter": 5000}
 _SKLEARN_GE_18 = tuple(int(v) for v in sklearn.__version__.split(".")[:2]) >= (1, 8)
 
@@ -281,7 +281,7 @@ def make_estimator(spec: Mapping[str, Any], *, seed: int | None = 0, n_features:
         with saga; ``params.C``; ``params.class_weight: balanced``; ``tune: true`` picks C from ``tune_grid`` by
         inner stratified CV on log loss (:class:`TunedLogisticRegression`), inside whatever outer fold the
         pipeline is fitted on, i.e. nested CV), ``random_forest``
-        (500 trees, min_samples_leaf=2), ``lightgbm`` (settings for tens of rows, see ``LIGHTGBM_DEFAULTS``).
+        (300 trees: plenty for tens of patients, min_samples_leaf=2), ``lightgbm`` (settings for tens of rows, see ``LIGHTGBM_DEFAULTS``).
         Baselines: ``majority`` (predicts the training prevalence) and ``single_feature`` with ``feature: <column>``
         (a 1-feature logistic regression, so its sign and calibration are learned inside the training fold).
         ``params`` override the defaults and go to the classifier. ``select_k`` adds ``SelectKBest`` (ANOVA F)
