@@ -23,6 +23,11 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check biomarkers tests benchmarks
 	$(VENV)/bin/pytest -q
 
+## Speed and memory benchmarks (not tests); see benchmarks/README.md
+bench: $(STAMP)
+	$(PY) benchmarks/scale.py --cells 100000
+	$(PY) benchmarks/predict_latency.py
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check biomarkers tests benchmarks
 

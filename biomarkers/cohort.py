@@ -175,9 +175,16 @@ def _pipeline(cfg: ExperimentConfig) -> FeaturePipeline:
         preprocess=PreprocessParams(**cfg.preprocess.model_dump()),
         pb_genes=tuple(cfg.features.pb_genes),
         pb_compartments=tuple(cfg.features.pb_compartments),
-        families=tuple(f for f in cfg.features.families if f not in {"bulk_signatures", "bulk_genes"}),
+        families=tuple(f for f in cfg.features.families if f != "bulk_genes"),
         seed=cfg.seed,
     )
+
+
+def _bulk_bridge(pipe: FeaturePipeline, var_names: Any) -> dict[str, Any] | None:
+    """Bulk settings for a single-cell model whose ``pbz__<set>`` features can also be computed on bulk."""
+    var = set(var_names) if var_names is not None else None
+    bridge = {n: [g for g in gs if var is None or g in var] for n, gs in pipe.bridge_genes.items()}
+    return {"gene_sets": bridge, "genes": []} if bridge else None
 
 
 def _prepare_streaming(cfg: ExperimentConfig, *, t0: float) -> Cohort:
@@ -205,7 +212,7 @@ def _prepare_streaming(cfg: ExperimentConfig, *, t0: float) -> Cohort:
         groups=None,
         kind="single_cell",
         pipeline=pipe,
-        bulk=None,
+        bulk=_bulk_bridge(pipe, None),
         cells=None,
         digest=digest,
         source=str(path),
@@ -264,7 +271,7 @@ def prepare_cohort(cfg: ExperimentConfig, *, adata: AnnData | None = None) -> Co
         groups=None,
         kind="single_cell",
         pipeline=pipe,
-        bulk=None,
+        bulk=_bulk_bridge(pipe, adata.var_names),
         cells=cells,
         digest=digest,
         source=source,

@@ -11,7 +11,7 @@ import pytest
 
 import biomarkers as bm
 
-SUBPACKAGES = ["datasets", "io", "preprocess", "signatures", "features", "models", "config", "tracking", "discovery"]
+SUBPACKAGES = ["datasets", "io", "preprocess", "signatures", "features", "models", "config", "tracking", "discovery", "compute"]
 
 
 def _public():

@@ -1,0 +1,35 @@
+"""Per-sample progress: a tqdm.auto bar with cells/s, only when verbose and on a TTY."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+logger = logging.getLogger("biomarkers")
+
+
+class Progress:
+    """Per-sample progress with cells/s: a tqdm.auto bar when verbose and on a TTY, and a DEBUG log line per sample."""
+
+    def __init__(self, *, total: int | None, show: bool | None) -> None:
+        from tqdm.auto import tqdm
+
+        verbose = logger.isEnabledFor(logging.INFO) if show is None else show
+        self.bar = tqdm(total=total, unit="sample", desc="samples", disable=not (verbose and sys.stderr.isatty()))
+        self.t0 = time.perf_counter()
+        self.cells = 0
+
+    def update(self, part: Any) -> None:
+        """Count a finished chunk (``part.samples`` has one row per sample)."""
+        n = int(part.samples["n_cells_in"].sum())
+        self.cells += n
+        rate = self.cells / max(time.perf_counter() - self.t0, 1e-9)
+        self.bar.set_postfix_str(f"{self.cells:,} cells, {rate:,.0f} cells/s", refresh=False)
+        self.bar.update(len(part.samples))
+        logger.debug("sample %s: %d cells (%s cells/s overall)", ",".join(part.samples.index), n, f"{rate:,.0f}")
+
+    def close(self) -> None:
+        """Close the bar."""
+        self.bar.close()
