@@ -26,6 +26,8 @@ OSM_RESPONSE: tuple[str, ...] = (
 STROMAL_STAT3_TARGETS: tuple[str, ...] = (
     "SOCS3", "STAT3", "OSMR", "JUN", "PIM1", "HMOX1", "CD44", "TNFRSF12A", "IL4R", "IRF1", "IL1R1", "TNFRSF1A",
     "CXCL1", "LTBR", "FAS", "IL6", "IL6ST", "SOCS1", "MAP3K8", "CEBPD",
+    # STAT3/STAT1 targets and receptors that gut fibroblasts express (Smillie et al. 2019; West et al. 2017)
+    "PTPN1", "PTPN2", "CSF1", "TGFB1", "IL15RA", "PDGFC", "A2M", "CD9", "IL10RB", "STAT2", "IFNGR2", "ACVR1B",
 )  # fmt: skip
 OSM_LOG2FC = 1.2  # log2 fold change of OSM per unit of program activity
 STROMA_LOG2FC_RANGE = (0.3, 0.9)  # per-gene log2 fold change per unit activity, drawn uniformly

@@ -24,7 +24,7 @@ from biomarkers.datasets._truth import build_truth
 
 logger = logging.getLogger("biomarkers")
 
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "1.1"  # 1.1: more stromal STAT3 targets
 BATCH_GENE_SD = 0.2  # natural-log SD of per-batch gene-wise multiplicative factors
 BATCH_DEPTH_SD = 0.15
 PATIENT_GENE_SD = 0.15  # per-patient gene-wise random effect

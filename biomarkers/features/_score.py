@@ -6,14 +6,14 @@ import logging
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
+from anndata import AnnData
 
 from biomarkers import _celltypes as CT
 from biomarkers import _keys as K
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
-
-    from anndata import AnnData
 
     from biomarkers.signatures import GeneSet
 
@@ -71,7 +71,8 @@ def score_by_compartment(
             if mask.sum() < 2:  # control genes need a distribution across cells
                 continue
             names = [n for n, cs in plan.items() if compartment in cs]
-            sub = adata[mask].copy()
+            # Only X and the gene names are needed: do not copy the counts layer and obs for every subset.
+            sub = AnnData(X=adata.X[np.flatnonzero(mask)], var=pd.DataFrame(index=adata.var_names))
             score_signatures(sub, gene_sets={n: gene_sets[n] for n in names}, seed=seed, on_missing="warn")
             for n in names:
                 col = K.SIG_PREFIX + n

@@ -84,6 +84,16 @@ class _Resolver:
         return mapping, missing
 
 
+@functools.lru_cache(maxsize=8)
+def _cached_resolver(names: tuple[str, ...]) -> _Resolver:
+    return _Resolver(names)
+
+
+def resolver_for(var_names: Iterable[str]) -> _Resolver:
+    """Return a resolver for these var names, reused across calls (per-sample scoring sees the same genes every time)."""
+    return _cached_resolver(tuple(str(v) for v in var_names))
+
+
 def resolve_genes(genes: Iterable[str], var_names: Iterable[str]) -> tuple[dict[str, str], list[str]]:
     """Map gene symbols to the var names of a data set.
 
@@ -133,7 +143,7 @@ def coverage_report(gene_sets: GeneSetsLike, var_names: Iterable[str]) -> pd.Dat
     >>> cov[["set", "n_found", "missing", "aliased"]].to_dict("records")
     [{'set': 'S', 'n_found': 2, 'missing': 'NOPE1', 'aliased': 'SELENOP->SEPP1'}]
     """
-    resolver = _Resolver(var_names)
+    resolver = resolver_for(var_names)
     rows = []
     for name, gs in as_gene_sets(gene_sets).items():
         mapping, missing = resolver.resolve(gs.genes)

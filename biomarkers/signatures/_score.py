@@ -15,7 +15,7 @@ from scipy.stats import rankdata
 
 from biomarkers import _keys
 from biomarkers._errors import DataSchemaError
-from biomarkers.signatures._aliases import _Resolver, coverage_report
+from biomarkers.signatures._aliases import coverage_report, resolver_for
 from biomarkers.signatures._gene_sets import _manifest, as_gene_sets
 
 if TYPE_CHECKING:
@@ -284,7 +284,7 @@ def score_signatures(
     _warn_if_counts(x, layer)
 
     coverage = coverage_report(sets, var_names).set_index("set")
-    resolver = _Resolver(var_names)
+    resolver = resolver_for(var_names)
     index = pd.Index(var_names)
     to_score: dict[str, NDArray[np.intp]] = {}
     for name, gs in sets.items():
