@@ -145,12 +145,12 @@ def test_predict_does_not_depend_on_column_order(finished_run, tmp_path):
 
 def test_registered_model_reproduces_in_a_fresh_process(finished_run, tmp_path, store):
     feats = finished_run.cohort.features
-    feats.reset_index().to_csv(tmp_path / "f.csv", index=False)
+    feats.to_parquet(tmp_path / "f.parquet")  # exact floats (a CSV round trip can change the last bit)
     here = mlflow.pyfunc.load_model("models:/anti-tnf-nonresponse@champion").predict(feats)["p_non_response"].to_numpy()
     code = (
         "import mlflow, pandas as pd, sys\n"
         f"mlflow.set_tracking_uri({store!r})\n"
-        f"f = pd.read_csv({str(tmp_path / 'f.csv')!r}).set_index('patient_id')\n"
+        f"f = pd.read_parquet({str(tmp_path / 'f.parquet')!r})\n"
         "p = mlflow.pyfunc.load_model('models:/anti-tnf-nonresponse@champion').predict(f)['p_non_response']\n"
         "print(','.join(repr(float(v)) for v in p))\n"
     )
