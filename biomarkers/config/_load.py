@@ -136,7 +136,8 @@ def load_config(path: str | Path, *, overrides: list[str] | None = None) -> Expe
     try:
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_format_validation(e, str(path))) from None
+        source = f"{path} (with --set {' '.join(overrides)})" if overrides else str(path)
+        raise ConfigError(_format_validation(e, source)) from None
     base = path.resolve().parent
     if cfg.data.path is not None and not cfg.data.path.is_absolute():
         cfg.data.path = (base / cfg.data.path).resolve()

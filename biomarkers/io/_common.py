@@ -138,16 +138,22 @@ def symbols_from_ids(
     if gene_map:
         unversioned = {k.split(".")[0]: v for k, v in gene_map.items()}
         symbols = pd.Series([gene_map.get(i, unversioned.get(i.split(".")[0])) for i in ids], index=var.index)
+        where = "gene_map"
     else:
         column = _symbol_column(var)
         if column is None:
             msg = (
                 f"Genes of {source} are Ensembl IDs (e.g. {ids[0]}) and var has no symbol column "
                 f"(looked for {preview(SYMBOL_COLUMNS, 4)}; have: {preview(var.columns) or 'none'}). "
-                "Pass gene_map={ensembl_id: symbol}, or read the 10x features.tsv/h5 whose 2nd column holds symbols."
+                "Add the symbols as a var column (adata.var['gene_symbols'] = ...) and re-save, pass "
+                "gene_map={ensembl_id: symbol} to read_cohort, or read the 10x features.tsv/h5 (2nd column = symbols)."
             )
             raise DataSchemaError(msg)
         symbols = var[column].astype(object)
+        where = f"var[{column!r}]"
+    logger.info(
+        "read_cohort: genes of %s are Ensembl IDs; symbols taken from %s, IDs kept in var['gene_id']", source, where
+    )
     symbols = symbols.where(symbols.notna() & (symbols.astype(str).str.strip() != ""), None)
     n_unmapped = int(symbols.isna().sum())
     if n_unmapped:
@@ -260,16 +266,22 @@ def unique_obs_names(adata: AnnData, *, source: str) -> None:
     """Ensure unique cell names: prefix by sample where that helps, otherwise raise."""
     if adata.obs_names.is_unique:
         return
+    original = adata.obs_names
+    duplicated = original.duplicated()
     if _keys.SAMPLE in adata.obs.columns and adata.obs[_keys.SAMPLE].nunique() > 1:
-        adata.obs_names = [
-            f"{s}_{b}" for s, b in zip(adata.obs[_keys.SAMPLE].astype(str), adata.obs_names, strict=True)
-        ]
-        if adata.obs_names.is_unique:
+        prefixed = pd.Index([f"{s}_{b}" for s, b in zip(adata.obs[_keys.SAMPLE].astype(str), original, strict=True)])
+        if prefixed.is_unique:
+            adata.obs_names = prefixed
             logger.info("read_cohort: cell names of %s prefixed with sample_id to make them unique", source)
             return
-    dupes = adata.obs_names[adata.obs_names.duplicated()].unique()
+        duplicated = prefixed.duplicated()
+    # Report the barcodes as the user wrote them (not sample-prefixed), with the sample they repeat in.
+    dupes = original[duplicated].unique()
+    where = ""
+    if _keys.SAMPLE in adata.obs.columns:
+        where = f" in sample {adata.obs[_keys.SAMPLE].to_numpy()[np.flatnonzero(duplicated)[0]]}"
     msg = (
-        f"{len(dupes)} duplicated cell barcodes within one sample of {source} (e.g. {preview(dupes, 3)}). "
+        f"{len(dupes)} duplicated cell barcodes within one sample of {source} (e.g. {preview(dupes, 3)}{where}). "
         "Each barcode must occur once per sample; check that files of different samples were not merged."
     )
     raise DataSchemaError(msg)
@@ -325,6 +337,9 @@ def read_delimited(path: Path, **kwargs: Any) -> pd.DataFrame:
     """Read a CSV/TSV/TXT (optionally gzipped) with the separator from :func:`table_separator`."""
     try:
         return pd.read_csv(path, sep=table_separator(path), **kwargs)
-    except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError) as err:
-        msg = f"Cannot parse {path} as a CSV/TSV table ({type(err).__name__}: {str(err).splitlines()[0]})."
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, EOFError, OSError) as err:
+        msg = (
+            f"Cannot parse {path} as a CSV/TSV table ({type(err).__name__}: {str(err).splitlines()[0]}). "
+            "Pass a comma- or tab-separated text table (not a spreadsheet or binary file)."
+        )
         raise DataSchemaError(msg) from err

@@ -75,14 +75,17 @@ def pick_counts(candidates: list[tuple[str, Any]], *, source: str, allow_non_int
         warnings.warn(msg, UserWarning, stacklevel=3)
         return present[0]
     msg = (
-        f"No raw integer counts in {source}: {'; '.join(reasons)}. Only normalised/log data are present; re-export "
+        f"No raw integer counts in {source}: {'; '.join(reasons)}. None of these holds raw counts; re-export "
         "the object with raw counts in layers['counts'] (adata.layers['counts'] = counts) or read the CellRanger files."
     )
     raise DataSchemaError(msg)
 
 
 def _read_error(path: Path, err: Exception) -> DataSchemaError:
-    msg = f"Cannot read {path} as h5ad ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})."
+    msg = (
+        f"Cannot read {path} as h5ad ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
+        "Is it an AnnData file written by write_h5ad (not truncated)? Re-export it, or fix data.path."
+    )
     return DataSchemaError(msg)
 
 

@@ -27,6 +27,8 @@ SINGLE_CELL_KINDS = frozenset({"h5ad", "10x_h5", "10x_mtx", "geo_10x_series"})
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _TEXT_SUFFIXES = (".csv", ".tsv", ".txt", ".tab")
 _ARCHIVES = (".tar", ".tar.gz", ".tgz", ".zip")
+# Never opened: unpickling runs whatever code the file holds; R objects need R (convert them to h5ad there).
+_OBJECT_FILES = (".pkl", ".pickle", ".joblib", ".rds", ".rdata", ".rda")
 
 
 def _hdf5_kind(path: Path) -> str | None:
@@ -43,9 +45,19 @@ def _hdf5_kind(path: Path) -> str | None:
     return None
 
 
+def _check_path(path: Path) -> None:
+    """Raise for a path that does not exist or is an empty file (a failed download or export)."""
+    if not path.exists():
+        raise missing_path_error(path)
+    if path.is_file() and path.stat().st_size == 0:
+        msg = f"Input {path} is empty (0 bytes), so it holds no data. Re-export or re-download it, or fix data.path."
+        raise DataSchemaError(msg)
+
+
 def _unknown(path: Path, detail: str) -> DataSchemaError:
     msg = (
-        f"Cannot tell the format of {path} ({detail}); supported kinds: {', '.join(KINDS)}. Pass kind=... (data.kind)."
+        f"Cannot tell the format of {path} ({detail}); supported kinds: {', '.join(KINDS)}. "
+        "Pass kind=... (data.format in the experiment config)."
     )
     return DataSchemaError(msg)
 
@@ -70,7 +82,7 @@ def detect_kind(path: str | Path) -> CohortKind:
     Raises
     ------
     DataSchemaError
-        The path does not exist or matches no format.
+        The path does not exist, is an empty file, or matches no format.
 
     Examples
     --------
@@ -83,8 +95,7 @@ def detect_kind(path: str | Path) -> CohortKind:
     'bulk_table'
     """
     path = Path(path)
-    if not path.exists():
-        raise missing_path_error(path)
+    _check_path(path)
     if path.is_dir():
         complete = {p for p, parts in mtx_prefixes(path).items() if "matrix.mtx" in parts and "barcodes.tsv" in parts}
         if complete == {""} or any(child.name in _CELLRANGER_NAMES for child in path.iterdir()):
@@ -95,6 +106,12 @@ def detect_kind(path: str | Path) -> CohortKind:
     name = path.name.lower()
     if name.endswith(".h5ad"):
         return "h5ad"
+    if name.endswith(_OBJECT_FILES):
+        msg = (
+            f"{path} is a pickle or R object file, which is never read (unpickling can run arbitrary code). "
+            "Save the data as .h5ad (adata.write_h5ad; from R: zellkonverter or SeuratDisk), 10x files or a CSV table."
+        )
+        raise DataSchemaError(msg)
     if name.endswith(_ARCHIVES):
         msg = f"{path} is an archive; extract it first (tar -xf / unzip) and pass the extracted folder."
         raise DataSchemaError(msg)
@@ -115,10 +132,9 @@ def _check_kind(kind: str | None, path: Path) -> CohortKind:
     if kind is None:
         return detect_kind(path)
     if kind not in KINDS:
-        msg = f"Unknown kind {kind!r}; use one of {', '.join(KINDS)} or None to auto-detect. Fix data.kind."
+        msg = f"Unknown kind {kind!r}; use one of {', '.join(KINDS)} or None to auto-detect. Fix data.format."
         raise ConfigError(msg)
-    if not path.exists():
-        raise missing_path_error(path)
+    _check_path(path)
     return kind  # type: ignore[return-value]
 
 

@@ -115,8 +115,10 @@ class BiomarkerModel(PythonModel):
         if self.pipeline is None:
             msg = f"This is a {self.kind} model: it takes a {self.kind} table, not single cells."
             raise FeatureMismatchError(msg)
+        from biomarkers.signatures import coverage_report
+
         pipe = FeaturePipeline.from_dict(self.pipeline)
-        report = pipe.check_genes(adata.var_names)
+        report = coverage_report({n: pipe.gene_sets[n] for n in pipe.plan}, list(adata.var_names))
         low = report[report["frac_found"] < 0.5]
         if not low.empty:
             r = low.iloc[0]

@@ -28,7 +28,9 @@ def promote_if_better(client: Any, name: str, *, alias: str, version: str, cv_au
             current_auroc = float(current.tags.get("cv_auroc", "nan"))
         except ValueError:
             current_auroc = float("nan")
-        if not cv_auroc > current_auroc and current_auroc == current_auroc:
+        # The champion's AUROC is read back from its tag, written with 6 decimals: compare at that precision, or
+        # an identical re-run (a tie) would take the alias from the champion.
+        if not round(cv_auroc, 6) > current_auroc and current_auroc == current_auroc:
             logger.info("registry: %s@%s stays at version %s (CV AUROC %.3f >= %.3f)", name, alias, current.version, current_auroc, cv_auroc)
             return str(current.version), str(current.version), False
     client.set_registered_model_alias(name, alias, version)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import subprocess
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +20,8 @@ import pandas as pd
 from biomarkers import _keys as K
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from anndata import AnnData
 
     from biomarkers.cohort import Cohort
@@ -86,6 +90,42 @@ def _versions() -> dict[str, str]:
     return out
 
 
+@contextmanager
+def _store_lock() -> Iterator[None]:
+    """Hold an inter-process lock on the SQLite store in force (no-op for other stores, or without ``fcntl``).
+
+    Two ``biomarkers run`` started together on a new SQLite store would both run MLflow's schema migrations and
+    one would fail (``table _alembic_tmp_params already exists``); and two runs promoting at once could both see
+    the old champion. The lock file lives in the temp folder (keyed by the database path), not next to the store.
+    """
+    from biomarkers.tracking._store import tracking_uri
+
+    uri = tracking_uri()
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: concurrent first runs on one new store are not supported there
+        fcntl = None  # type: ignore[assignment]
+    if fcntl is None or not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri.removeprefix("sqlite:///").split("?", 1)[0]).resolve()
+    lock = Path(tempfile.gettempdir()) / f"biomarkers-store-{hashlib.sha256(str(db).encode()).hexdigest()[:16]}.lock"
+    with lock.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _experiment_id(name: str) -> str:
+    """Experiment id for ``name``; creates (and on first use, migrates) the store under :func:`_store_lock`."""
+    from biomarkers.tracking._store import get_or_create_experiment
+
+    with _store_lock():
+        return get_or_create_experiment(name)
+
+
 def _model_specs(cfg: ExperimentConfig) -> list[dict[str, Any]]:
     return [m.model_dump(exclude_none=True) for m in cfg.models]
 
@@ -138,14 +178,16 @@ def run_experiment(cfg: ExperimentConfig, *, adata: AnnData | None = None) -> Ru
 def _evaluate_and_log(cfg: ExperimentConfig, cohort: Cohort, *, umap: Any, t0: float) -> RunResult:
     import mlflow
 
-    from biomarkers.models import evaluate_models, feature_importance, fit_final
-    from biomarkers.tracking._store import get_or_create_experiment
+    from biomarkers.models import align_groups, evaluate_models, feature_importance, fit_final, patient_folds
 
     X, y = cohort.features, cohort.labels
     t_feat = time.perf_counter()
+    # Check the labels against cv.n_splits (both classes, enough patients per class) before the store is touched,
+    # so a cohort too small for the CV creates no MLflow database or experiment either.
+    patient_folds(y, n_splits=cfg.cv.n_splits, n_repeats=1, seed=cfg.seed, groups=align_groups(cohort.groups, X.index))
     # A new SQLite store runs its schema migrations on first use (~8 s): overlap that with the CV.
     pool = ThreadPoolExecutor(max_workers=1)
-    exp_future = pool.submit(get_or_create_experiment, cfg.name)
+    exp_future = pool.submit(_experiment_id, cfg.name)
     pool.shutdown(wait=False)
     evaluation = evaluate_models(
         X,
@@ -188,14 +230,17 @@ def _evaluate_and_log(cfg: ExperimentConfig, cohort: Cohort, *, umap: Any, t0: f
             from biomarkers.tracking._registry import promote_if_better
 
             name = cfg.registry.model_name
-            mv = mlflow.register_model(model_uris[best], name, tags={"cv_auroc": f"{best_auroc:.6f}"})
-            created_version = str(mv.version)
-            model_version = created_version
-            model_uri = f"models:/{name}/{mv.version}"
-            client.set_model_version_tag(name, mv.version, "experiment", cfg.name)
-            client.set_model_version_tag(name, mv.version, "run_id", parent.info.run_id)
-            client.set_model_version_tag(name, mv.version, "kind", cohort.kind)
-            previous_alias, champion, became = promote_if_better(client, name, alias=cfg.registry.alias, version=mv.version, cv_auroc=best_auroc)
+            with _store_lock():  # concurrent runs: each compares against the champion the other may just have set
+                mv = mlflow.register_model(model_uris[best], name, tags={"cv_auroc": f"{best_auroc:.6f}"})
+                created_version = str(mv.version)
+                model_version = created_version
+                model_uri = f"models:/{name}/{mv.version}"
+                client.set_model_version_tag(name, mv.version, "experiment", cfg.name)
+                client.set_model_version_tag(name, mv.version, "run_id", parent.info.run_id)
+                client.set_model_version_tag(name, mv.version, "kind", cohort.kind)
+                previous_alias, champion, became = promote_if_better(
+                    client, name, alias=cfg.registry.alias, version=mv.version, cv_auroc=best_auroc
+                )
             mlflow.set_tag("registered_model", model_uri)
             mlflow.set_tag("champion", f"models:/{name}@{cfg.registry.alias} -> version {champion}")
         mlflow.end_run(status="FINISHED")
