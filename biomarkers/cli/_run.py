@@ -43,7 +43,8 @@ def _print_summary(res) -> None:
         console.print(f"Registered model: {res.model_uri} ({state})")
         name = res.model_uri.split("/")[1]
         console.print(f"Champion: models:/{name}@champion -> version {res.champion_version}")
-        console.print(f"Predict:  biomarkers predict NEW.h5ad --model models:/{name}@champion --out preds.csv")
+        new = "NEW_COHORT.csv (samples x genes)" if res.cohort.kind == "bulk" else "NEW.h5ad"
+        console.print(f"Predict:  biomarkers predict {new} --model models:/{name}@champion --out preds.csv")
     console.print("Compare:  biomarkers compare --experiment " + res.experiment_name + "    UI: biomarkers ui  (http://127.0.0.1:5000)")
     console.print(f"Time: {res.seconds:.1f} s ({', '.join(f'{k} {v:.1f}' for k, v in res.timings.items() if k != 'total_s')})")
 
