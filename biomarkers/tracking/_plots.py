@@ -45,7 +45,7 @@ def roc_pr_figure(oof: dict[str, pd.DataFrame], *, baselines: set[str]) -> Figur
         prec, rec, _ = precision_recall_curve(y, p)
         ax2.plot(rec, prec, label=name, **style)
     ax1.plot([0, 1], [0, 1], color="grey", linewidth=0.8)
-    ax1.set(xlabel="False positive rate", ylabel="True positive rate", title="ROC (out-of-fold, by patient)")
+    ax1.set(xlabel="False positive rate", ylabel="True positive rate", title="ROC (out-of-fold, averaged over CV repeats, by patient)")
     prevalence = float(next(iter(oof.values()))["y_true"].mean())
     ax2.axhline(prevalence, color="grey", linewidth=0.8)
     ax2.set(xlabel="Recall", ylabel="Precision", title="Precision-recall")
