@@ -297,7 +297,16 @@ def _prepare_bulk(cfg: ExperimentConfig, adata: AnnData, *, digest: str, source:
     settings = bulk_settings(gene_sets=gene_sets, var_names=adata.var_names, families=cfg.features.families, genes=cfg.features.pb_genes)
     table = adata.to_df().loc[labels.index]
     features = bulk_features(table, **settings)
-    groups = adata.obs.loc[labels.index, K.PATIENT].astype(str) if K.PATIENT in adata.obs else None
+    groups = None
+    if K.PATIENT in adata.obs:
+        pid = adata.obs.loc[labels.index, K.PATIENT]
+        if pid.isna().any():
+            msg = (
+                f"{int(pid.isna().sum())} of {len(pid)} samples have no patient id in column '{cfg.data.patient_col}': "
+                "CV must group a patient's samples. Fill the ids (one per patient) or point data.patient_col elsewhere."
+            )
+            raise DataSchemaError(msg)
+        groups = pid.astype(str)
     return Cohort(
         features=features,
         labels=labels.loc[features.index],
@@ -320,11 +329,16 @@ def check_experiment(cfg: ExperimentConfig) -> None:
     patients per class against ``cv.n_splits``, and gene-set coverage. Raises a
     :class:`biomarkers.BiomarkersError` subclass on the first problem.
     """
+    from biomarkers.models import patient_folds
     from biomarkers.signatures import coverage_report, load_gene_sets
 
     adata, _, _ = load_cohort(cfg)
     if cfg.data.kind == "bulk":
         y = binary_labels(adata.obs[K.RESPONSE], where=f"column '{cfg.data.label_col}'")
+        if K.PATIENT in adata.obs:
+            # Bulk CV is grouped by patient: check the class counts in patients, as the real run will.
+            groups = adata.obs.loc[y.index, K.PATIENT].astype(str).to_numpy()
+            patient_folds(y.to_numpy(), n_splits=cfg.cv.n_splits, n_repeats=1, seed=cfg.seed, groups=groups)
     else:
         if K.PATIENT not in adata.obs:
             msg = f"Patient column '{cfg.data.patient_col}' not in the cohort. Set data.patient_col in the experiment config."

@@ -113,7 +113,16 @@ def predict(
 
             features = model.features_from_cells(read_cohort(path, obs_map={K.PATIENT: patient_col}))
     elif isinstance(data, AnnData):
-        features = model.features_from_bulk(data.to_df()) if model.kind == "bulk" else model.features_from_cells(data)
+        if model.kind == "bulk":
+            features = model.features_from_bulk(data.to_df())
+        else:
+            if patient_col != K.PATIENT:
+                if patient_col not in data.obs:
+                    msg = f"Column '{patient_col}' not in adata.obs (have: {', '.join(map(str, data.obs.columns[:10]))}). Pass patient_col=..."
+                    raise DataSchemaError(msg)
+                data = data.copy()
+                data.obs[K.PATIENT] = data.obs[patient_col].astype(str)
+            features = model.features_from_cells(data)
     else:
         features = data.copy()
         if id_col in features.columns:

@@ -336,3 +336,18 @@ def test_permutation_keeps_group_labels_consistent():
     groups = pd.Series(np.r_[y.index, y.index], index=X2.index)
     res = permutation_test({"kind": "logreg"}, X2, y2, n_splits=4, n_permutations=9, seed=0, groups=groups)
     assert res.p_value == pytest.approx(0.1)
+
+
+def test_per_repeat_metrics_count_patients_not_samples():
+    # 20 patients with 1-4 samples each: every metric, per repeat too, is computed by patient.
+    rng = np.random.default_rng(3)
+    n_samples = rng.integers(1, 5, size=20)
+    groups = np.repeat([f"P{i:02d}" for i in range(20)], n_samples)
+    y_pat = np.array([0, 1] * 10)
+    y = pd.Series(np.repeat(y_pat, n_samples), index=[f"S{i:03d}" for i in range(groups.size)])
+    X = pd.DataFrame({"a": y.to_numpy() + rng.normal(0, 1.2, y.size), "b": rng.normal(size=y.size)}, index=y.index)
+    res = evaluate_models(X, y, model_specs=[{"kind": "logreg"}], cv_spec={"n_splits": 3, "n_repeats": 3},
+                          groups=pd.Series(groups, index=y.index), n_boot=100, n_permutations=0)  # fmt: skip
+    row = res.metrics.loc["logreg"]
+    assert row["n"] == 20
+    assert row["auroc"] == pytest.approx(row["auroc_repeat_mean"])

@@ -135,6 +135,14 @@ def test_predict_from_cells_and_from_features(finished_run, tmp_path):
     np.testing.assert_allclose(again["p_non_response"], table["p_non_response"])
 
 
+def test_predict_in_memory_cells_with_a_custom_patient_column(finished_run):
+    new = bm.simulate_cohort(n_patients=6, cells_per_patient=150, n_genes=600, seed=9)
+    new.obs["donor"] = new.obs[K.PATIENT].astype(str)
+    del new.obs[K.PATIENT]
+    table = bm.predict(new, model_uri="models:/anti-tnf-nonresponse@champion", patient_col="donor")
+    assert len(table) == 6
+
+
 def test_predict_does_not_depend_on_column_order(finished_run, tmp_path):
     cols = finished_run.cohort.features.columns
     feats = finished_run.cohort.features.reset_index()

@@ -35,16 +35,21 @@ def _print_summary(res) -> None:
         )
     perm = ev.permutation
     if perm is not None:
-        console.print(f"Best model: {ev.best_model}; permutation test p = {perm.p_value:.3g} ({perm.n_permutations} label permutations)")
+        n_models = int((ev.metrics["kind"] == "model").sum())
+        bound = f"; x{n_models} for choosing among {n_models} models: <= {min(1.0, n_models * perm.p_value):.3g}" if n_models > 1 else ""
+        console.print(
+            f"Best model: {ev.best_model}; permutation test p = {perm.p_value:.3g} ({perm.n_permutations} label permutations{bound}). "
+            "Its CV AUROC was selected as the highest, so it is optimistic."
+        )
     console.print(f"Decision threshold (Youden, out-of-fold): {ev.threshold:.3f}")
     console.print(f"MLflow: experiment '{res.experiment_name}', parent run {res.parent_run_id} ({bm.tracking.tracking_uri()})")
     if res.model_uri:
         state = "now champion" if res.became_champion else f"champion stays at version {res.champion_version}"
         console.print(f"Registered model: {res.model_uri} ({state})")
         name = res.model_uri.split("/")[1]
-        console.print(f"Champion: models:/{name}@champion -> version {res.champion_version}")
+        console.print(f"Champion: models:/{name}@{res.alias} -> version {res.champion_version}")
         new = "NEW_COHORT.csv (samples x genes)" if res.cohort.kind == "bulk" else "NEW.h5ad"
-        console.print(f"Predict:  biomarkers predict {new} --model models:/{name}@champion --out preds.csv")
+        console.print(f"Predict:  biomarkers predict {new} --model models:/{name}@{res.alias} --out preds.csv")
     console.print("Compare:  biomarkers compare --experiment " + res.experiment_name + "    UI: biomarkers ui  (http://127.0.0.1:5000)")
     console.print(f"Time: {res.seconds:.1f} s ({', '.join(f'{k} {v:.1f}' for k, v in res.timings.items() if k != 'total_s')})")
 

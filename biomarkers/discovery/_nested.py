@@ -317,7 +317,8 @@ def cv_with_discovery(
             ]
     oof = pd.concat(parts, ignore_index=True)
     per_patient = summarize_oof(oof)
-    metrics = evaluate_predictions(per_patient["y_true"], per_patient["p"], n_boot=n_boot, seed=seed)
+    p_repeats = np.vstack([summarize_oof(d).loc[per_patient.index, "p"].to_numpy() for _, d in oof.groupby("repeat")])
+    metrics = evaluate_predictions(per_patient["y_true"], per_patient["p"], n_boot=n_boot, seed=seed, p_repeats=p_repeats)
     seconds = time.perf_counter() - t0
     logger.info(
         "cv_with_discovery: %s, %d folds, AUROC %.3f [%.3f, %.3f] (%.1f s)",

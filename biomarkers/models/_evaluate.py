@@ -220,7 +220,8 @@ def evaluate_models(
                 p_repeats=p_repeats,
             )  # fmt: skip
             per_rep = [
-                {"model": name, "repeat": r, **point_metrics(d["y_true"], d["p"], threshold=threshold)}
+                # by patient: a patient's samples are averaged first, as everywhere else
+                {"model": name, "repeat": r, **point_metrics(*summarize_oof(d)[["y_true", "p"]].T.to_numpy(), threshold=threshold)}
                 for r, d in oof[name].groupby("repeat")
             ]
             repeat_rows.extend(per_rep)

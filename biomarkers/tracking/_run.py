@@ -67,6 +67,7 @@ class RunResult:
     champion_version: str | None
     became_champion: bool
     seconds: float
+    alias: str = "champion"
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -211,6 +212,7 @@ def _evaluate_and_log(cfg: ExperimentConfig, cohort: Cohort, *, umap: Any, t0: f
     client = mlflow.MlflowClient()
     created_version: str | None = None
     previous_alias: str | None = None
+    became = False
     child_runs: dict[str, str] = {}
     model_uris: dict[str, str | None] = {}
     parent = mlflow.start_run(experiment_id=exp_id, run_name=run_name)
@@ -225,7 +227,6 @@ def _evaluate_and_log(cfg: ExperimentConfig, cohort: Cohort, *, umap: Any, t0: f
         mlflow.log_metric("best_cv_auroc", best_auroc)
         mlflow.set_tag("best_model", best)
         model_uri = model_version = champion = None
-        became = False
         if cfg.registry.enabled:
             from biomarkers.tracking._registry import promote_if_better
 
@@ -245,7 +246,9 @@ def _evaluate_and_log(cfg: ExperimentConfig, cohort: Cohort, *, umap: Any, t0: f
             mlflow.set_tag("champion", f"models:/{name}@{cfg.registry.alias} -> version {champion}")
         mlflow.end_run(status="FINISHED")
     except BaseException:
-        _fail(client, cfg, created_version, previous_alias, child_runs=list(child_runs.values()))
+        # Restore the alias only if this run moved it: otherwise a concurrent run's promotion would be undone.
+        restore = previous_alias if became else None
+        _fail(client, cfg, created_version, restore, child_runs=list(child_runs.values()))
         raise
     t_end = time.perf_counter()
     timings = {
@@ -266,6 +269,7 @@ def _evaluate_and_log(cfg: ExperimentConfig, cohort: Cohort, *, umap: Any, t0: f
         model_version=model_version,
         champion_version=champion,
         became_champion=became,
+        alias=cfg.registry.alias,
         seconds=t_end - t0,
         timings=timings,
     )
@@ -282,9 +286,10 @@ def _fail(
             client.set_terminated(run_id, status="FAILED")
         if created_version is not None:
             name, alias = cfg.registry.model_name, cfg.registry.alias
-            if previous_alias is not None:
-                client.set_registered_model_alias(name, alias, previous_alias)
-            client.delete_model_version(name, created_version)
+            with _store_lock():
+                if previous_alias is not None:
+                    client.set_registered_model_alias(name, alias, previous_alias)
+                client.delete_model_version(name, created_version)
     finally:
         while mlflow.active_run() is not None:
             mlflow.end_run(status="FAILED")
@@ -321,6 +326,9 @@ def _log_parent(cfg: ExperimentConfig, cohort: Cohort, evaluation: EvaluationRes
     perm = evaluation.permutation
     if perm is not None:
         mlflow.log_metric("permutation_p_value", perm.p_value)
+        # The test is of the selected model; choosing it among n models is not in the null (Bonferroni bound).
+        n_models = int((evaluation.metrics["kind"] == "model").sum())
+        mlflow.log_metric("permutation_p_value_selection_bound", min(1.0, n_models * perm.p_value))
         mlflow.log_metric("permutation_null_auroc_mean", float(perm.null.mean()))
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
