@@ -204,7 +204,25 @@ def _prepare_streaming(cfg: ExperimentConfig, *, t0: float) -> Cohort:
         pipe, path, scheduler=cfg.compute.scheduler, n_workers=cfg.compute.n_workers, read_kwargs=_read_kwargs(cfg)
     )
     labels = _patient_labels(res.labels, cfg)
-    features = pipe.finalize(res.stats)
+    return _single_cell_cohort(
+        pipe.finalize(res.stats), labels, pipe, var_names=None, cells=None, digest=digest, source=str(path),
+        coverage=res.coverage, timings={"load_s": t_load, "features_s": time.perf_counter() - t1},
+    )  # fmt: skip
+
+
+def _single_cell_cohort(
+    features: pd.DataFrame,
+    labels: pd.Series,
+    pipe: FeaturePipeline,
+    *,
+    var_names: Any,
+    cells: AnnData | None,
+    digest: str,
+    source: str,
+    coverage: pd.DataFrame,
+    timings: dict[str, float],
+) -> Cohort:
+    """Keep the labelled patients that have features, and package them as a single-cell :class:`Cohort`."""
     features = features.loc[labels.index.intersection(features.index)]
     return Cohort(
         features=features,
@@ -212,12 +230,12 @@ def _prepare_streaming(cfg: ExperimentConfig, *, t0: float) -> Cohort:
         groups=None,
         kind="single_cell",
         pipeline=pipe,
-        bulk=_bulk_bridge(pipe, None),
-        cells=None,
+        bulk=_bulk_bridge(pipe, var_names),
+        cells=cells,
         digest=digest,
-        source=str(path),
-        coverage=res.coverage,
-        timings={"load_s": t_load, "features_s": time.perf_counter() - t1},
+        source=source,
+        coverage=coverage,
+        timings=timings,
     )
 
 
@@ -264,34 +282,23 @@ def prepare_cohort(cfg: ExperimentConfig, *, adata: AnnData | None = None) -> Co
     else:
         cells = pipe.process(adata)
         features = pipe.finalize(pipe.stats(cells))
-    features = features.loc[labels.index.intersection(features.index)]
-    return Cohort(
-        features=features,
-        labels=labels.loc[features.index],
-        groups=None,
-        kind="single_cell",
-        pipeline=pipe,
-        bulk=_bulk_bridge(pipe, adata.var_names),
-        cells=cells,
-        digest=digest,
-        source=source,
-        coverage=coverage,
-        timings={"load_s": t_load, "features_s": time.perf_counter() - t1},
-    )
+    return _single_cell_cohort(
+        features, labels, pipe, var_names=adata.var_names, cells=cells, digest=digest, source=source,
+        coverage=coverage, timings={"load_s": t_load, "features_s": time.perf_counter() - t1},
+    )  # fmt: skip
 
 
 def _prepare_bulk(cfg: ExperimentConfig, adata: AnnData, *, digest: str, source: str, t_load: float) -> Cohort:
     from biomarkers.features import bulk_features, bulk_settings
     from biomarkers.signatures import coverage_report, load_gene_sets
 
-    for col, key in ((K.RESPONSE, "label_col"),):
-        if col not in adata.obs:
-            msg = (
-                f"Column '{getattr(cfg.data, key)}' not in the bulk table (have: {', '.join(map(str, adata.obs.columns[:12]))}). "
-                f"Set data.{key} in the experiment config."
-            )
-            raise DataSchemaError(msg)
     d = cfg.data
+    if K.RESPONSE not in adata.obs:
+        msg = (
+            f"Column '{d.label_col}' not in the bulk table (have: {', '.join(map(str, adata.obs.columns[:12]))}). "
+            "Set data.label_col in the experiment config."
+        )
+        raise DataSchemaError(msg)
     labels = binary_labels(adata.obs[K.RESPONSE], where=f"column '{d.label_col}'")
     gene_sets = load_gene_sets(list(cfg.signatures), path=[str(p) for p in cfg.signature_files] or None)
     settings = bulk_settings(gene_sets=gene_sets, var_names=adata.var_names, families=cfg.features.families, genes=cfg.features.pb_genes)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from biomarkers import _keys as K
+from biomarkers.models import METRICS
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("biomarkers")
 
-METRIC_NAMES = ("auroc", "auprc", "balanced_accuracy", "brier")
 
 
 @dataclass
@@ -376,7 +376,7 @@ def _log_child(
     mlflow.set_tag("kind", row["kind"])
     mlflow.log_params({"model_name": name, "spec": json.dumps(evaluation.specs[name], default=str)[:6000]})
     metrics = {}
-    for m in METRIC_NAMES:
+    for m in METRICS:
         metrics[f"cv_{m}"] = float(row[m])
         metrics[f"cv_{m}_ci_low"] = float(row[f"{m}_ci_low"])
         metrics[f"cv_{m}_ci_high"] = float(row[f"{m}_ci_high"])
