@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     from anndata import AnnData
 
-MODEL = "models:/anti-tnf-nonresponse@champion"
+MODEL = "models:/bad-input@champion"  # registry.model_name unset: the experiment name
 OUT = "preds.csv"
 # A tiny but complete experiment: 8 simulated patients x ~60 cells x 400 genes, one model, 2-fold CV.
 TINY = {
@@ -221,8 +221,8 @@ CASES = [
     ("set_unknown_key", cells(None, "--set", "cv.n_splitz=3"), ("no key 'n_splitz'", "Check the spelling")),
     ("set_wrong_type", cells(None, "--set", "evaluation.n_boot=lots"), ("'evaluation.n_boot'", "got 'lots'")),
     # predict
-    ("predict_missing_model", predicting(h5ad, "models:/nope@champion"), ("not found", "registered: anti-tnf-")),
-    ("predict_missing_version", predicting(h5ad, "models:/anti-tnf-nonresponse/9"), ("/9 not found", "or alias")),
+    ("predict_missing_model", predicting(h5ad, "models:/nope@champion"), ("not found", "registered: bad-input")),
+    ("predict_missing_version", predicting(h5ad, "models:/bad-input/9"), ("/9 not found", "or alias")),
     ("predict_file_as_model", predicting(h5ad, "model.pkl"), ("'model.pkl' must be models:/", "the project's store")),
     ("predict_few_genes", predicting(lambda t: h5ad(t, few_genes)), ("Too few signature genes", "HGNC symbols")),
     ("predict_few_features", predicting(features_csv), ("Only 1/", "Missing: aqp9_macrophage_fraction")),

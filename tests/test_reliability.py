@@ -34,7 +34,7 @@ from biomarkers._errors import DataSchemaError, ModelNotFoundError
 from biomarkers.config import ExperimentConfig
 from biomarkers.models import cross_validate_model, evaluate_models, evaluate_predictions, patient_folds, summarize_oof
 
-MODEL_NAME = "anti-tnf-nonresponse"
+MODEL_NAME = "reliability"  # registry.model_name unset: the experiment name
 # 12 simulated patients x ~60 cells x 400 genes; three seeded models (one tuned with feature selection), 2 x 3-fold CV.
 CONFIG = {
     "schema_version": 1,

@@ -44,8 +44,8 @@ def _print_summary(res) -> None:
     console.print(f"Decision threshold (Youden, out-of-fold): {ev.threshold:.3f}")
     console.print(f"MLflow: experiment '{res.experiment_name}', parent run {res.parent_run_id} ({bm.tracking.tracking_uri()})")
     if res.model_uri:
-        state = "now champion" if res.became_champion else f"champion stays at version {res.champion_version}"
-        console.print(f"Registered model: {res.model_uri} ({state})")
+        # What the registry compared (same kind and candidate features), or why it compared nothing.
+        console.print(f"Registered model: {res.model_uri} ({res.promotion.reason})")
         name = res.model_uri.split("/")[1]
         console.print(f"Champion: models:/{name}@{res.alias} -> version {res.champion_version}")
         new = "NEW_COHORT.csv (samples x genes)" if res.cohort.kind == "bulk" else "NEW.h5ad"

@@ -128,10 +128,14 @@ class PlotSpec(_Strict):
 
 
 class RegistrySpec(_Strict):
-    """MLflow model registry."""
+    """MLflow model registry.
+
+    ``model_name`` null means the experiment's ``name`` (see :attr:`ExperimentConfig.registered_model_name`): a
+    shared name would let a model of one cohort hold the champion alias over another cohort's models.
+    """
 
     enabled: bool = True
-    model_name: str = "anti-tnf-nonresponse"
+    model_name: str | None = None
     alias: str = "champion"
 
 
@@ -178,6 +182,11 @@ class ExperimentConfig(_Strict):
     registry: RegistrySpec = Field(default_factory=RegistrySpec)
     compute: ComputeSpec = Field(default_factory=ComputeSpec)
     seed: int = 0
+
+    @property
+    def registered_model_name(self) -> str:
+        """The registry name models of this experiment go to: ``registry.model_name``, else the experiment ``name``."""
+        return self.registry.model_name or self.name
 
     @model_validator(mode="after")
     def _unique_model_names(self) -> ExperimentConfig:

@@ -1,21 +1,95 @@
-"""The model registry: the champion alias moves only when a new version beats it."""
+"""The model registry: the champion alias moves only when a new version, trained on the same inputs, beats it."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from biomarkers._errors import ModelNotFoundError
 
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
 logger = logging.getLogger("biomarkers")
 
+# Model-version tags that decide whether two versions may compete for the alias.
+KIND_TAG = "kind"
+FEATURE_SCHEMA_TAG = "feature_schema"
+N_FEATURES_TAG = "n_candidate_features"
 
-def promote_if_better(client: Any, name: str, *, alias: str, version: str, cv_auroc: float) -> tuple[str | None, str, bool]:
-    """Point ``alias`` at ``version`` if its CV AUROC beats the current holder's.
+
+def feature_schema(columns: Iterable[str]) -> str:
+    """sha256 of the sorted candidate feature names: equal for the same feature columns in any order."""
+    return hashlib.sha256("\n".join(sorted(map(str, columns))).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """What :func:`promote_if_better` decided.
+
+    Attributes
+    ----------
+    previous
+        Version the alias pointed to before (None when there was no holder).
+    current
+        Version the alias points to now.
+    moved
+        Whether the alias moved to the new version.
+    reason
+        One line saying what was compared, or why nothing was.
+    compared_with
+        Version whose CV AUROC the new version was compared with (None when there was no holder, or it was not
+        comparable: another input kind or other candidate features).
+    """
+
+    previous: str | None
+    current: str
+    moved: bool
+    reason: str
+    compared_with: str | None = None
+
+
+def _incomparable(current: Any, new: Any) -> str | None:
+    """Why ``current`` (the alias holder) may not be compared with ``new``, or None when it may."""
+    kind, schema = current.tags.get(KIND_TAG), current.tags.get(FEATURE_SCHEMA_TAG)
+    if kind is None or schema is None:
+        missing = "/".join(t for t, v in ((KIND_TAG, kind), (FEATURE_SCHEMA_TAG, schema)) if v is None)
+        return f"champion version {current.version} has no {missing} tag (registered before it was recorded)"
+    if kind != new.tags.get(KIND_TAG):
+        return f"champion version {current.version} was trained on kind={kind} (this version: {new.tags.get(KIND_TAG)})"
+    if schema != new.tags.get(FEATURE_SCHEMA_TAG):
+        counts = (current.tags.get(N_FEATURES_TAG), new.tags.get(N_FEATURES_TAG))
+        detail = f" ({counts[0]} columns; this version: {counts[1]})" if None not in counts else ""
+        return f"champion version {current.version} was trained on other candidate features{detail}"
+    return None
+
+
+def promote_if_better(client: Any, name: str, *, alias: str, version: str, cv_auroc: float) -> Promotion:
+    """Point ``alias`` at ``version`` if its CV AUROC beats the current holder's, trained on the same inputs.
+
+    Versions compete only when their model-version tags ``kind`` (single_cell, bulk) and ``feature_schema``
+    (:func:`feature_schema` of the candidate feature columns, before any selection) are equal: an AUROC on other
+    patients or other features says nothing about which model to trust here. When the holder is not comparable
+    (or lacks those tags) the alias stays, and the reason says so. Ties do not move the alias.
+
+    Parameters
+    ----------
+    client
+        An ``mlflow.MlflowClient``.
+    name
+        Registered model name.
+    alias
+        The alias, e.g. ``champion``.
+    version
+        The new version; its ``kind`` and ``feature_schema`` tags are read from the registry.
+    cv_auroc
+        The new version's CV AUROC.
 
     Returns
     -------
-    (previous alias version or None, version the alias points to now, whether it moved).
+    A :class:`Promotion`.
     """
     from mlflow.exceptions import MlflowException
 
@@ -23,19 +97,48 @@ def promote_if_better(client: Any, name: str, *, alias: str, version: str, cv_au
         current = client.get_model_version_by_alias(name, alias)
     except MlflowException:
         current = None
-    if current is not None:
-        try:
-            current_auroc = float(current.tags.get("cv_auroc", "nan"))
-        except ValueError:
-            current_auroc = float("nan")
-        # The champion's AUROC is read back from its tag, written with 6 decimals: compare at that precision, or
-        # an identical re-run (a tie) would take the alias from the champion.
-        if not round(cv_auroc, 6) > current_auroc and current_auroc == current_auroc:
-            logger.info("registry: %s@%s stays at version %s (CV AUROC %.3f >= %.3f)", name, alias, current.version, current_auroc, cv_auroc)
-            return str(current.version), str(current.version), False
+    version = str(version)
+    if current is None:
+        client.set_registered_model_alias(name, alias, version)
+        new = client.get_model_version(name, version)
+        reason = f"no {alias} yet: version {version} becomes {alias}{_inputs(new, same=False)}"
+        logger.info("registry: %s@%s -> version %s (%s)", name, alias, version, reason)
+        return Promotion(None, version, moved=True, reason=reason)
+    held = str(current.version)
+    new = client.get_model_version(name, version)
+    why = _incomparable(current, new)
+    if why is not None:
+        reason = f"not compared: {why}; pick another registry.model_name"
+        logger.warning("registry: %s@%s stays at version %s: %s", name, alias, held, reason)
+        return Promotion(held, held, moved=False, reason=reason)
+    try:
+        current_auroc = float(current.tags.get("cv_auroc", "nan"))
+    except ValueError:
+        current_auroc = float("nan")
+    same = _inputs(new, same=True)
+    # The champion's AUROC is read back from its tag, written with 6 decimals: compare at that precision, or
+    # an identical re-run (a tie) would take the alias from the champion.
+    if current_auroc == current_auroc and not round(cv_auroc, 6) > current_auroc:
+        reason = f"{alias} stays at version {held}: CV AUROC {current_auroc:.3f} >= {cv_auroc:.3f}{same}"
+        logger.info("registry: %s@%s %s", name, alias, reason)
+        return Promotion(held, held, moved=False, reason=reason, compared_with=held)
     client.set_registered_model_alias(name, alias, version)
-    logger.info("registry: %s@%s -> version %s (CV AUROC %.3f)", name, alias, version, cv_auroc)
-    return (str(current.version) if current is not None else None), str(version), True
+    if current_auroc == current_auroc:
+        reason = (
+            f"version {version} becomes {alias}: CV AUROC {cv_auroc:.3f} > {current_auroc:.3f} of version {held}{same}"
+        )
+    else:
+        reason = f"version {version} becomes {alias}: version {held} has no CV AUROC tag{same}"
+    logger.info("registry: %s@%s -> version %s (%s)", name, alias, version, reason)
+    return Promotion(held, version, moved=True, reason=reason, compared_with=held)
+
+
+def _inputs(mv: Any, *, same: bool) -> str:
+    """`` (same kind single_cell, same 39 candidate features)`` from a version's tags."""
+    prefix = "same " if same else ""
+    n = mv.tags.get(N_FEATURES_TAG)
+    features = f", {prefix}{n} candidate features" if n is not None else f", {prefix}candidate features"
+    return f" ({prefix}kind {mv.tags.get(KIND_TAG)}{features})"
 
 
 def resolve_model_uri(uri: str) -> tuple[str, str | None]:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from biomarkers.cohort import Cohort
     from biomarkers.config import ExperimentConfig
     from biomarkers.models import EvaluationResult
+    from biomarkers.tracking._registry import Promotion
 
 logger = logging.getLogger("biomarkers")
 
@@ -55,6 +56,8 @@ class RunResult:
         Whether this run moved the alias.
     seconds
         Wall time.
+    promotion
+        What the registry compared and decided (None when not registered).
     """
 
     experiment_name: str
@@ -69,6 +72,7 @@ class RunResult:
     seconds: float
     alias: str = "champion"
     timings: dict[str, float] = field(default_factory=dict)
+    promotion: Promotion | None = None
 
 
 def _git_sha() -> str:
@@ -211,8 +215,7 @@ def _evaluate_and_log(cfg: ExperimentConfig, cohort: Cohort, *, umap: Any, t0: f
     run_name = f"{cfg.name}-{datetime.now(tz=UTC).strftime('%Y%m%d-%H%M%S')}"
     client = mlflow.MlflowClient()
     created_version: str | None = None
-    previous_alias: str | None = None
-    became = False
+    promotion: Promotion | None = None
     child_runs: dict[str, str] = {}
     model_uris: dict[str, str | None] = {}
     parent = mlflow.start_run(experiment_id=exp_id, run_name=run_name)
@@ -226,28 +229,34 @@ def _evaluate_and_log(cfg: ExperimentConfig, cohort: Cohort, *, umap: Any, t0: f
         best_auroc = float(evaluation.metrics.loc[best, "auroc"])
         mlflow.log_metric("best_cv_auroc", best_auroc)
         mlflow.set_tag("best_model", best)
-        model_uri = model_version = champion = None
+        model_uri = model_version = None
         if cfg.registry.enabled:
+            from biomarkers.tracking import _registry
             from biomarkers.tracking._registry import promote_if_better
 
-            name = cfg.registry.model_name
+            name = cfg.registered_model_name
+            # Candidate features before any in-fold selection: versions compete only on the same inputs.
+            tags = {
+                "cv_auroc": f"{best_auroc:.6f}",
+                "experiment": cfg.name,
+                "run_id": parent.info.run_id,
+                _registry.KIND_TAG: cohort.kind,
+                _registry.FEATURE_SCHEMA_TAG: _registry.feature_schema(cohort.features.columns),
+                _registry.N_FEATURES_TAG: str(cohort.features.shape[1]),
+            }
             with _store_lock():  # concurrent runs: each compares against the champion the other may just have set
-                mv = mlflow.register_model(model_uris[best], name, tags={"cv_auroc": f"{best_auroc:.6f}"})
+                mv = mlflow.register_model(model_uris[best], name, tags=tags)
                 created_version = str(mv.version)
                 model_version = created_version
                 model_uri = f"models:/{name}/{mv.version}"
-                client.set_model_version_tag(name, mv.version, "experiment", cfg.name)
-                client.set_model_version_tag(name, mv.version, "run_id", parent.info.run_id)
-                client.set_model_version_tag(name, mv.version, "kind", cohort.kind)
-                previous_alias, champion, became = promote_if_better(
-                    client, name, alias=cfg.registry.alias, version=mv.version, cv_auroc=best_auroc
-                )
+                promotion = promote_if_better(client, name, alias=cfg.registry.alias, version=mv.version, cv_auroc=best_auroc)
             mlflow.set_tag("registered_model", model_uri)
-            mlflow.set_tag("champion", f"models:/{name}@{cfg.registry.alias} -> version {champion}")
+            mlflow.set_tag("champion", f"models:/{name}@{cfg.registry.alias} -> version {promotion.current}")
+            mlflow.set_tag("champion_decision", promotion.reason)
         mlflow.end_run(status="FINISHED")
     except BaseException:
         # Restore the alias only if this run moved it: otherwise a concurrent run's promotion would be undone.
-        restore = previous_alias if became else None
+        restore = promotion.previous if promotion is not None and promotion.moved else None
         _fail(client, cfg, created_version, restore, child_runs=list(child_runs.values()))
         raise
     t_end = time.perf_counter()
@@ -267,11 +276,12 @@ def _evaluate_and_log(cfg: ExperimentConfig, cohort: Cohort, *, umap: Any, t0: f
         cohort=cohort,
         model_uri=model_uri,
         model_version=model_version,
-        champion_version=champion,
-        became_champion=became,
+        champion_version=promotion.current if promotion is not None else None,
+        became_champion=promotion is not None and promotion.moved,
         alias=cfg.registry.alias,
         seconds=t_end - t0,
         timings=timings,
+        promotion=promotion,
     )
 
 
@@ -285,7 +295,7 @@ def _fail(
         for run_id in child_runs:  # finished children of a failed parent are not results either
             client.set_terminated(run_id, status="FAILED")
         if created_version is not None:
-            name, alias = cfg.registry.model_name, cfg.registry.alias
+            name, alias = cfg.registered_model_name, cfg.registry.alias
             with _store_lock():
                 if previous_alias is not None:
                     client.set_registered_model_alias(name, alias, previous_alias)
