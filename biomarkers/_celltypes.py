@@ -61,6 +61,9 @@ COMPARTMENT_OF: dict[str, str] = {
     EPITHELIAL: EPITHELIUM,
 }
 COMPARTMENTS: tuple[str, ...] = (MNP, GRANULOCYTE, LYMPHOID, PLASMA, STROMA, EPITHELIUM)
+# Cells of none of the major types (marker scores too low, or an author label we do not model): they count in
+# n_cells but are left out of every compartment feature.
+UNASSIGNED = "unassigned"
 
 # Positive markers per major type. Kept short and specific: annotation scores each list.
 MARKERS: dict[str, tuple[str, ...]] = {

@@ -19,6 +19,7 @@ SEVERITY = "severity"
 TISSUE = "tissue"
 INFLAMED = "inflamed"
 CELL_TYPE = "cell_type"
+CELL_TYPE_AUTHOR = "cell_type_author"  # the input's own cell_type labels, kept when annotation writes cell_type
 CELL_TYPE_CONF = "cell_type_confidence"
 COMPARTMENT = "compartment"
 AQP9_MAC = "aqp9_macrophage"  # bool: AQP9+ inflammatory macrophage call (within MNPs)

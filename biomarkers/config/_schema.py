@@ -51,6 +51,11 @@ class PreprocessSpec(_Strict):
     target_sum: float = Field(1e4, gt=0)
     refine_annotation: bool = False
     aqp9_threshold: float = 0.0
+    # Where obs["cell_type"] comes from: the marker call, or curated labels in obs[annotation_col] (after data.obs_map)
+    # mapped onto the package's types; annotation_map (TSV/CSV: label, cell_type) extends the shipped table.
+    annotation: Literal["markers", "obs"] = "markers"
+    annotation_col: str = Field("cell_type", min_length=1)
+    annotation_map: Path | None = None
 
 
 Compartment = Literal["MNP", "granulocyte", "lymphoid", "plasma", "stroma", "epithelium"]

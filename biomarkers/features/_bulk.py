@@ -10,6 +10,7 @@ case mix across cohorts.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -17,12 +18,15 @@ import pandas as pd
 
 from biomarkers import _keys as K
 from biomarkers._errors import DataSchemaError
+from biomarkers._gene_names import renamed, resolve_genes
 from biomarkers.features._names import feature_name
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
 
     from biomarkers.signatures import GeneSet
+
+logger = logging.getLogger("biomarkers")
 
 FAMILY_GENE_Z = "gz"
 MIN_COHORT = 3  # z-scores need a cohort: with fewer samples the standard deviation is meaningless
@@ -32,6 +36,9 @@ def bulk_settings(
     *, gene_sets: Mapping[str, GeneSet], var_names: Iterable[str], families: Sequence[str], genes: Sequence[str] = ()
 ) -> dict[str, Any]:
     """Freeze which genes each bulk feature uses (JSON-serialisable, travels with the model).
+
+    Genes are matched to ``var_names`` directly, by case or by HGNC alias (:func:`biomarkers.signatures.resolve_genes`)
+    and frozen under the cohort's own names.
 
     Parameters
     ----------
@@ -44,8 +51,6 @@ def bulk_settings(
     genes
         Single genes for ``bulk_genes``; empty means every gene of the cohort.
     """
-    from biomarkers.signatures import resolve_genes
-
     var = list(var_names)
     sets: dict[str, list[str]] = {}
     if "bulk_signatures" in families:
@@ -55,7 +60,12 @@ def bulk_settings(
                 sets[name] = sorted(set(mapping.values()))
     single: list[str] = []
     if "bulk_genes" in families:
-        single = [g for g in (genes or var) if g in set(var)]
+        found, missing = resolve_genes(genes or var, var)
+        single = list(dict.fromkeys(found.values()))
+        if renamed(found):
+            logger.info("bulk_settings: genes matched by case or alias: %s", ", ".join(f"{g}->{v}" for g, v in renamed(found).items()))
+        if missing:
+            logger.info("bulk_settings: %d requested gene(s) not in the cohort, no gz__ feature: %s", len(missing), ", ".join(missing[:10]))
     if not sets and not single:
         msg = (
             f"No bulk feature can be built: no gene set has a gene among the {len(var)} genes, and no single gene "
@@ -95,12 +105,17 @@ def bulk_features(table: pd.DataFrame, *, gene_sets: Mapping[str, Sequence[str]]
     the caller's coverage check).
     """
     needed = sorted({g for gs in gene_sets.values() for g in gs} | set(genes))
-    present = [g for g in needed if g in table.columns]
-    z = zscore_within(table[present].astype(float))
+    # A new cohort may name a frozen gene differently (IL8 for CXCL8): features keep the frozen name.
+    columns = {str(c): c for c in table.columns}
+    where, _ = resolve_genes(needed, list(columns))
+    if renamed(where):
+        logger.info("bulk_features: genes matched by case or alias: %s", ", ".join(f"{g}->{v}" for g, v in renamed(where).items()))
+    z = zscore_within(table[[columns[c] for c in dict.fromkeys(where.values())]].astype(float))
+    z.columns = [str(c) for c in z.columns]
     out: dict[str, pd.Series] = {}
     for name, gs in gene_sets.items():
-        found = [g for g in gs if g in z.columns]
+        found = list(dict.fromkeys(where[g] for g in gs if g in where))
         out[feature_name(K.FAMILY_PBZ, name)] = z[found].mean(axis=1) if found else pd.Series(np.nan, index=z.index)
     for g in genes:
-        out[feature_name(FAMILY_GENE_Z, g)] = z[g] if g in z.columns else pd.Series(np.nan, index=z.index)
+        out[feature_name(FAMILY_GENE_Z, g)] = z[where[g]] if g in where else pd.Series(np.nan, index=z.index)
     return pd.DataFrame(out, index=table.index)

@@ -17,6 +17,7 @@ from biomarkers.features._score import DEFAULT_PLAN, score_by_compartment
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
+    from os import PathLike
 
     import pandas as pd
     from anndata import AnnData
@@ -45,6 +46,15 @@ class PreprocessParams:
     target_sum: float = 1e4
     refine_annotation: bool = False
     aqp9_threshold: float = 0.0
+    annotation: str = "markers"
+    annotation_col: str = K.CELL_TYPE
+    # A path (from the config) is read here, so the mapping's content, not its path, travels with the model.
+    annotation_map: dict[str, str] | str | PathLike[str] | None = None
+
+    def __post_init__(self) -> None:
+        from biomarkers.preprocess._cell_type_map import as_annotation_map
+
+        self.annotation_map = as_annotation_map(self.annotation_map)
 
 
 @dataclass
@@ -119,7 +129,14 @@ class FeaturePipeline:
             copy=True,
         )
         normalize(ad, target_sum=p.target_sum)
-        annotate(ad, refine=p.refine_annotation, seed=self.seed)
+        annotate(
+            ad,
+            source=p.annotation,
+            annotation_col=p.annotation_col,
+            annotation_map=p.annotation_map,
+            refine=p.refine_annotation,
+            seed=self.seed,
+        )
         call_aqp9_macrophages(ad, threshold=p.aqp9_threshold)
         score_by_compartment(ad, gene_sets=self.gene_sets, plan=self.plan, seed=self.seed)
         ad.uns.setdefault(K.BM, {})["features"] = {"params": self.to_dict()}
