@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
     from anndata import AnnData
 
+    from biomarkers.features._reference import ScoringReference
+
 ALL = "all"  # pseudobulk over every cell of the patient, the single-cell analogue of a bulk biopsy
 
 
@@ -31,6 +33,7 @@ def patient_stats(
     plan: Mapping[str, Sequence[str]],
     pb_genes: Sequence[str],
     pb_compartments: Sequence[str],
+    score_genes: Mapping[str, Mapping[str, str]] | None = None,
     patient_col: str = K.PATIENT,
 ) -> pd.DataFrame:
     """Additive statistics per patient (rows) from processed cells.
@@ -38,51 +41,105 @@ def patient_stats(
     Parameters
     ----------
     adata
-        Cells with ``obs['cell_type']``, ``['compartment']``, ``['aqp9_macrophage']``, ``['sig__<set>']``
-        and raw counts in ``layers['counts']``.
+        Cells with ``obs['cell_type']``, ``['compartment']``, ``['aqp9_macrophage']``, log-normalised ``X`` and
+        raw counts in ``layers['counts']``.
     plan
-        Gene-set name -> compartments it was scored in.
+        Gene-set name -> compartments it is scored in.
     pb_genes
-        Genes to pseudobulk.
+        Genes to pseudobulk (matched to ``var_names`` directly, by case, or by alias).
     pb_compartments
         Compartments to pseudobulk in (``'all'`` = every cell).
+    score_genes
+        Compartment -> {reference gene name: var name}: the genes whose expression sums signature scores need
+        (see :class:`ScoringReference`). None: every gene, for fitting a reference.
     patient_col
         Column of ``obs`` with the patient.
 
     Returns
     -------
-    Patients x statistics, all sums: ``n_cells``, ``n__<type>``, ``n__MNP``, ``n__aqp9``, ``sigsum__<comp>__<set>``,
-    ``sign__<comp>__<set>``, ``pbsum__<comp>__<gene>``, ``pbtot__<comp>``.
+    Patients x statistics, all sums: ``n_cells``, ``n_samples``, ``n__<type>``, ``n__MNP``, ``n__aqp9``,
+    ``ncomp__<comp>`` (cells per scored compartment), ``xsum__<comp>__<gene>`` (log-normalised expression summed
+    over the compartment's cells), ``pbsum__<comp>__<gene>``, ``pbtot__<comp>``.
     """
+    from biomarkers.signatures import resolve_genes
+
     obs = adata.obs
     patients = obs[patient_col].astype(str).to_numpy()
     uniq, inv = np.unique(patients, return_inverse=True)
     onehot = sparse.csr_matrix((np.ones(len(inv)), (inv, np.arange(len(inv)))), shape=(len(uniq), len(inv)))
     cols: dict[str, np.ndarray] = {K.N_CELLS: np.asarray(onehot.sum(axis=1)).ravel()}
+    # Samples are whole within a chunk (the pipeline streams by sample), so per-chunk counts add up.
+    samples = obs[K.SAMPLE].astype(str).to_numpy() if K.SAMPLE in obs else patients
+    pairs = pd.DataFrame({"p": inv, "s": samples}).drop_duplicates()
+    cols[K.N_SAMPLES] = np.bincount(pairs["p"].to_numpy(), minlength=len(uniq)).astype(float)
     ct = obs[K.CELL_TYPE].astype(str).to_numpy()
     comp = obs[K.COMPARTMENT].astype(str).to_numpy()
     for t in CT.MAJOR_TYPES:
         cols[f"n__{t}"] = onehot @ (ct == t).astype(float)
     cols["n__MNP"] = onehot @ (comp == CT.MNP).astype(float)
     cols["n__aqp9"] = onehot @ obs[K.AQP9_MAC].to_numpy().astype(float)
-    for name, comps in plan.items():
-        s = obs[K.SIG_PREFIX + name].to_numpy(dtype=float)
-        for c in comps:
-            m = (comp == c) & np.isfinite(s)
-            cols[f"sigsum__{c}__{name}"] = onehot @ np.where(m, s, 0.0)
-            cols[f"sign__{c}__{name}"] = onehot @ m.astype(float)
+    x = adata.X if sparse.issparse(adata.X) else sparse.csr_matrix(adata.X)
+    x = x.tocsr()
+    var = pd.Index(adata.var_names.astype(str))
+    blocks = []
+    for c in sorted({c for cs in plan.values() for c in cs}):
+        rows = np.flatnonzero(comp == c)
+        cols[f"ncomp__{c}"] = onehot @ (comp == c).astype(float)
+        if score_genes is None:
+            names, idx = list(var), np.arange(len(var))
+        else:
+            mapping = dict(score_genes.get(c, {}))
+            names, idx = list(mapping), var.get_indexer(list(mapping.values()))
+        sums = np.asarray((onehot[:, rows] @ x[rows][:, idx]).toarray()) if len(idx) else np.zeros((len(uniq), 0))
+        blocks.append(pd.DataFrame(sums, index=uniq, columns=[f"xsum__{c}__{g}" for g in names]))
     counts = adata.layers[K.COUNTS]
     counts = sparse.csr_matrix(counts) if not sparse.issparse(counts) else counts.tocsr()
     totals = np.asarray(counts.sum(axis=1)).ravel()
-    gidx = pd.Index(adata.var_names).get_indexer(list(pb_genes))
-    sub = counts[:, gidx[gidx >= 0]].toarray() if (gidx >= 0).any() else np.zeros((adata.n_obs, 0))
-    found = [g for g, i in zip(pb_genes, gidx, strict=True) if i >= 0]
+    found, _ = resolve_genes(pb_genes, var)  # requested name -> var name (aliases: IL8 <-> CXCL8)
+    gidx = var.get_indexer(list(found.values()))
+    sub = counts[:, gidx].toarray() if len(gidx) else np.zeros((adata.n_obs, 0))
     for c in pb_compartments:
         m = np.ones(adata.n_obs, dtype=bool) if c == ALL else comp == c
         cols[f"pbtot__{c}"] = onehot @ np.where(m, totals, 0.0)
         for j, g in enumerate(found):
             cols[f"pbsum__{c}__{g}"] = onehot @ np.where(m, sub[:, j], 0.0)
-    return pd.DataFrame(cols, index=pd.Index(uniq, name=K.PATIENT))
+    out = pd.concat([pd.DataFrame(cols, index=uniq), *blocks], axis=1)
+    out.index = pd.Index(uniq, name=K.PATIENT)
+    return out
+
+
+def reference_inputs(stats: pd.DataFrame, compartments: Sequence[str]) -> tuple[dict[str, pd.Series], dict[str, float]]:
+    """Cohort-wide gene sums and cell counts per compartment, from patient statistics (to fit a reference)."""
+    sums: dict[str, pd.Series] = {}
+    n: dict[str, float] = {}
+    for c in compartments:
+        prefix = f"xsum__{c}__"
+        columns = [col for col in stats.columns if col.startswith(prefix)]
+        if not columns or f"ncomp__{c}" not in stats:
+            continue
+        total = stats[columns].sum(axis=0)
+        total.index = [col.removeprefix(prefix) for col in columns]
+        sums[c], n[c] = total, float(stats[f"ncomp__{c}"].sum())
+    return sums, n
+
+
+def _signature_means(stats: pd.DataFrame, reference: ScoringReference, plan: Mapping[str, Sequence[str]]) -> dict[str, pd.Series]:
+    """Mean score per patient and compartment: (summed expression of the reference genes) @ weights / cells."""
+    out: dict[str, pd.Series] = {}
+    for name, comps in plan.items():
+        for c in comps:
+            out[feature_name(K.FAMILY_SIG, c, name)] = pd.Series(np.nan, index=stats.index)
+    for c, genes in reference.genes.items():
+        present = [g for g in genes if f"xsum__{c}__{g}" in stats.columns]
+        w = reference.weights(c, present)
+        sums = stats[[f"xsum__{c}__{g}" for g in present]].to_numpy(dtype=np.float64)
+        k = stats[f"ncomp__{c}"] if f"ncomp__{c}" in stats else pd.Series(0.0, index=stats.index)
+        scores = (sums @ w.to_numpy()) / k.where(k > 0).to_numpy()[:, None]
+        for j, name in enumerate(w.columns):
+            col = feature_name(K.FAMILY_SIG, c, name)
+            if col in out:
+                out[col] = pd.Series(scores[:, j], index=stats.index)
+    return out
 
 
 def combine_stats(parts: Sequence[pd.DataFrame]) -> pd.DataFrame:
@@ -97,6 +154,7 @@ def stats_to_features(
     pb_genes: Sequence[str],
     pb_compartments: Sequence[str],
     families: Sequence[str],
+    reference: ScoringReference | None = None,
 ) -> pd.DataFrame:
     """Turn additive statistics into the patients x features table.
 
@@ -109,6 +167,8 @@ def stats_to_features(
     families
         Which families to emit: ``aqp9_macrophage_fraction``, ``proportions``, ``signature_means``,
         ``pseudobulk``, ``n_cells``.
+    reference
+        Frozen control genes for ``signature_means`` (required for that family).
 
     Returns
     -------
@@ -124,10 +184,10 @@ def stats_to_features(
             for t in CT.MAJOR_TYPES:
                 out[feature_name(K.FAMILY_PROP, t)] = stats[f"n__{t}"] / n
         if "signature_means" in families:
-            for name, comps in plan.items():
-                for c in comps:
-                    k = stats[f"sign__{c}__{name}"]
-                    out[feature_name(K.FAMILY_SIG, c, name)] = stats[f"sigsum__{c}__{name}"] / k.where(k > 0)
+            if reference is None:
+                msg = "signature_means needs a scoring reference: fit one with FeaturePipeline.fit_reference(stats)."
+                raise ValueError(msg)
+            out.update(_signature_means(stats, reference, plan))
         if "pseudobulk" in families:
             for c in pb_compartments:
                 tot = stats[f"pbtot__{c}"]

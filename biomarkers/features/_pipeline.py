@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from biomarkers import _keys as K
 from biomarkers._errors import DataSchemaError
-from biomarkers.features._aggregate import ALL, combine_stats, patient_stats, stats_to_features
+from biomarkers.features._aggregate import ALL, combine_stats, patient_stats, reference_inputs, stats_to_features
 from biomarkers.features._bulk import bulk_features
+from biomarkers.features._reference import ScoringReference
 from biomarkers.features._score import DEFAULT_PLAN, score_by_compartment
 
 if TYPE_CHECKING:
@@ -78,6 +79,9 @@ class FeaturePipeline:
         Feature families to emit.
     seed
         Seed for control-gene sampling.
+    reference
+        Frozen control genes per compartment (:class:`ScoringReference`), fitted on the training cohort with
+        :meth:`fit_reference`. None: :meth:`finalize` fits one on the statistics it is given (the input itself).
     """
 
     gene_sets: dict[str, GeneSet]
@@ -87,6 +91,7 @@ class FeaturePipeline:
     pb_compartments: tuple[str, ...] = DEFAULT_PB_COMPARTMENTS
     families: tuple[str, ...] = DEFAULT_FAMILIES
     seed: int | None = 0
+    reference: ScoringReference | None = None
 
     def __post_init__(self) -> None:
         missing = sorted(set(self.plan) - set(self.gene_sets))
@@ -106,18 +111,29 @@ class FeaturePipeline:
                 "found). Are genes named by HGNC symbol (not Ensembl IDs)? Otherwise drop the set from `signatures`."
             )
             raise DataSchemaError(msg)
+        if self.reference is not None:
+            self.reference.check_coverage(var_names)
         return report
 
     def process(self, adata: AnnData) -> AnnData:
-        """Run QC, normalisation, annotation, the AQP9 call and compartment scoring; returns a new AnnData."""
-        from biomarkers.preprocess import annotate, call_aqp9_macrophages, check_counts, normalize, qc
+        """Run QC, normalisation, annotation and the AQP9 call; returns a new AnnData.
+
+        QC and normalisation read the raw counts wherever `adata` keeps them (``layers['counts']``, ``.raw.X``
+        or ``X``, see :func:`biomarkers.preprocess.count_cells`). With a frozen :attr:`reference`, each cell's
+        signature scores are also set in ``obs['sig__<set>']``.
+        """
+        from biomarkers.preprocess import annotate, call_aqp9_macrophages, count_cells, normalize, qc
 
         p = self.preprocess
         t0 = time.perf_counter()
-        self.check_genes(adata.var_names)
-        check_counts(adata, layer=K.COUNTS if K.COUNTS in adata.layers else None)
+        if adata.n_obs == 0:
+            msg = "The input has 0 cells: nothing to process. Check the file, or a data.query that keeps no cells."
+            raise DataSchemaError(msg)
+        allow = bool(adata.uns.get(K.BM, {}).get("io", {}).get("params", {}).get("allow_non_integer", False))
+        cells = count_cells(adata, allow_non_integer=allow)
+        self.check_genes(cells.var_names)
         ad = qc(
-            adata,
+            cells,
             min_genes=p.min_genes,
             min_counts=p.min_counts,
             max_pct_mt=p.max_pct_mt,
@@ -138,10 +154,29 @@ class FeaturePipeline:
             seed=self.seed,
         )
         call_aqp9_macrophages(ad, threshold=p.aqp9_threshold)
-        score_by_compartment(ad, gene_sets=self.gene_sets, plan=self.plan, seed=self.seed)
+        if self.reference is not None:
+            score_by_compartment(ad, reference=self.reference, plan=self.plan)
         ad.uns.setdefault(K.BM, {})["features"] = {"params": self.to_dict()}
         logger.info("process: %d -> %d cells in %.1f s", adata.n_obs, ad.n_obs, time.perf_counter() - t0)
         return ad
+
+    def fit_reference(self, stats: pd.DataFrame) -> FeaturePipeline:
+        """Return a copy of this pipeline with control genes fitted on these statistics (no labels used).
+
+        Parameters
+        ----------
+        stats
+            Per-patient statistics of the training cohort, computed without a reference (:meth:`stats`).
+        """
+        sums, n = reference_inputs(stats, sorted({c for cs in self.plan.values() for c in cs}))
+        if not sums:
+            msg = (
+                "Cannot fit the scoring reference: the statistics hold no expression sums (they were computed "
+                "with a reference already). Compute them with a pipeline whose reference is None."
+            )
+            raise DataSchemaError(msg)
+        ref = ScoringReference.fit(sums, n, gene_sets=self.gene_sets, plan=self.plan, seed=self.seed)
+        return replace(self, reference=ref)
 
     @property
     def bridge_genes(self) -> dict[str, list[str]]:
@@ -151,22 +186,43 @@ class FeaturePipeline:
         return {n: list(self.gene_sets[n].genes) for n in self.plan}
 
     def stats(self, processed: AnnData) -> pd.DataFrame:
-        """Additive per-patient statistics of processed cells (see :func:`patient_stats`)."""
-        st = patient_stats(processed, plan=self.plan, pb_genes=self.pb_genes, pb_compartments=self.pb_compartments)
+        """Additive per-patient statistics of processed cells (see :func:`patient_stats`).
+
+        With a frozen reference only the expression sums of its genes are kept; without one, those of every gene
+        in the scored compartments, from which :meth:`fit_reference` fits it.
+        """
+        score_genes = None
+        if self.reference is not None:
+            found = self.reference.resolve(processed.var_names)
+            score_genes = {c: {g: found[g] for g in genes if g in found} for c, genes in self.reference.genes.items()}
+        st = patient_stats(
+            processed,
+            plan=self.plan,
+            pb_genes=self.pb_genes,
+            pb_compartments=self.pb_compartments,
+            score_genes=score_genes,
+        )
         extra = sorted({g for gs in self.bridge_genes.values() for g in gs} - set(self.pb_genes))
         if extra:
-            whole = patient_stats(processed, plan={}, pb_genes=extra, pb_compartments=(ALL,))
+            whole = patient_stats(processed, plan={}, pb_genes=extra, pb_compartments=(ALL,), score_genes={})
             st = st.join(whole[[c for c in whole.columns if c.startswith(f"pbsum__{ALL}__")]])
         return st
 
     def finalize(self, stats: pd.DataFrame) -> pd.DataFrame:
-        """Patients x features from (combined) statistics."""
+        """Patients x features from (combined) statistics.
+
+        Signature scores use the frozen :attr:`reference`; without one, a reference fitted on `stats` itself.
+        """
+        reference = self.reference
+        if reference is None and "signature_means" in self.families:
+            reference = self.fit_reference(stats).reference
         feats = stats_to_features(
             stats,
             plan=self.plan,
             pb_genes=self.pb_genes,
             pb_compartments=self.pb_compartments,
             families=[f for f in self.families if f != BRIDGE_FAMILY],
+            reference=reference,
         )
         if self.bridge_genes:
             feats = feats.join(bulk_features(self.pseudobulk_logcpm(stats), gene_sets=self.bridge_genes, genes=[]))
@@ -198,7 +254,24 @@ class FeaturePipeline:
             "pb_compartments": list(self.pb_compartments),
             "families": list(self.families),
             "seed": self.seed,
+            "reference": self.reference.to_dict() if self.reference is not None else None,
         }
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> FeaturePipeline:
+        """Build the (unfitted) pipeline of an experiment config's preprocess, signatures and features sections."""
+        from biomarkers.signatures import load_gene_sets
+
+        gene_sets = load_gene_sets(list(cfg.signatures), path=[str(p) for p in cfg.signature_files] or None)
+        return cls(
+            gene_sets=gene_sets,
+            plan={k: tuple(v) for k, v in cfg.signatures.items()},
+            preprocess=PreprocessParams(**cfg.preprocess.model_dump()),
+            pb_genes=tuple(cfg.features.pb_genes),
+            pb_compartments=tuple(cfg.features.pb_compartments),
+            families=tuple(f for f in cfg.features.families if f != "bulk_genes"),
+            seed=cfg.seed,
+        )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FeaturePipeline:
@@ -216,4 +289,5 @@ class FeaturePipeline:
             pb_compartments=tuple(d["pb_compartments"]),
             families=tuple(d["families"]),
             seed=d.get("seed", 0),
+            reference=ScoringReference.from_dict(d["reference"]) if d.get("reference") else None,
         )

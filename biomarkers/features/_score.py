@@ -7,13 +7,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from anndata import AnnData
+import scipy.sparse as sp
 
 from biomarkers import _celltypes as CT
 from biomarkers import _keys as K
+from biomarkers._errors import DataSchemaError
+from biomarkers.features._reference import ScoringReference
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+
+    from anndata import AnnData
 
     from biomarkers.signatures import GeneSet
 
@@ -31,53 +35,63 @@ DEFAULT_PLAN: dict[str, tuple[str, ...]] = {
 def score_by_compartment(
     adata: AnnData,
     *,
-    gene_sets: Mapping[str, GeneSet],
+    reference: ScoringReference | None = None,
+    gene_sets: Mapping[str, GeneSet] | None = None,
     plan: Mapping[str, Sequence[str]],
-    sample_col: str = K.SAMPLE,
     seed: int | None = 0,
-) -> None:
-    """Score each gene set in the compartments the plan names, within each sample.
+) -> ScoringReference:
+    """Score each cell for the gene sets of its compartment, against a frozen scoring reference.
 
-    Control genes (Satija et al. 2015 binning, as in ``sc.tl.score_genes``) are drawn within the
-    sample and compartment being scored, so a patient's scores never depend on the other patients:
-    the same cells give the same scores in training, in streaming, and at predict time.
+    Control genes (Satija et al. 2015 binning, as in ``sc.tl.score_genes``) come from `reference`, fitted once
+    per compartment on a training cohort, so a cell's score does not depend on the other cells or patients it
+    is scored with. Without a reference, one is fitted on `adata`'s own compartment cells: the scores then equal
+    ``sc.tl.score_genes`` run on each compartment's cells (on a name-sorted matrix).
 
     Parameters
     ----------
     adata
         Annotated (``obs['compartment']``), log-normalised cells.
+    reference
+        Frozen control genes; None fits one on `adata` (needs `gene_sets`).
     gene_sets
-        Name -> :class:`biomarkers.signatures.GeneSet`.
+        Name -> :class:`biomarkers.signatures.GeneSet`, to fit a reference.
     plan
         Gene-set name -> compartments to score it in.
-    sample_col
-        Column of ``obs`` with the sample.
     seed
-        Seed for control-gene sampling.
+        Seed of the control-gene draws when a reference is fitted here.
 
     Returns
     -------
-    Sets ``obs['sig__<set>']`` (float; NaN for cells outside the set's compartments).
+    The reference used. Sets ``obs['sig__<set>']`` (float; NaN for cells outside the set's compartments).
     """
-    from biomarkers.signatures import score_signatures
-
-    comp = adata.obs[K.COMPARTMENT].to_numpy()
-    samples = adata.obs[sample_col].to_numpy() if sample_col in adata.obs else np.zeros(adata.n_obs)
+    comp = adata.obs[K.COMPARTMENT].astype(str).to_numpy()
+    x = adata.X if sp.issparse(adata.X) else sp.csr_matrix(adata.X)
+    x = x.tocsr()
+    if reference is None:
+        if gene_sets is None:
+            msg = "score_by_compartment needs a reference or the gene sets to fit one (gene_sets=...)."
+            raise DataSchemaError(msg)
+        sums, n = {}, {}
+        for c in {c for cs in plan.values() for c in cs}:
+            rows = np.flatnonzero(comp == c)
+            if rows.size:
+                sums[c] = pd.Series(np.asarray(x[rows].sum(axis=0, dtype=np.float64)).ravel(), index=adata.var_names)
+                n[c] = float(rows.size)
+        reference = ScoringReference.fit(sums, n, gene_sets=gene_sets, plan=plan, seed=seed)
     out = {name: np.full(adata.n_obs, np.nan, dtype=np.float64) for name in plan}
-    for sample in np.unique(samples):
-        in_sample = samples == sample
-        for compartment in {c for cs in plan.values() for c in cs}:
-            mask = in_sample & (comp == compartment)
-            if mask.sum() < 2:  # control genes need a distribution across cells
-                continue
-            names = [n for n, cs in plan.items() if compartment in cs]
-            # Only X and the gene names are needed: do not copy the counts layer and obs for every subset.
-            sub = AnnData(X=adata.X[np.flatnonzero(mask)], var=pd.DataFrame(index=adata.var_names))
-            score_signatures(sub, gene_sets={n: gene_sets[n] for n in names}, seed=seed, on_missing="warn")
-            for n in names:
-                col = K.SIG_PREFIX + n
-                if col in sub.obs:
-                    out[n][mask] = sub.obs[col].to_numpy()
+    found = reference.resolve(adata.var_names)
+    var = pd.Index(adata.var_names.astype(str))
+    for c, genes in reference.genes.items():
+        rows = np.flatnonzero(comp == c)
+        present = [g for g in genes if g in found]
+        if rows.size == 0 or not present:
+            continue
+        w = reference.weights(c, present)
+        scores = np.asarray(x[rows][:, var.get_indexer([found[g] for g in present])] @ w.to_numpy())
+        for j, name in enumerate(w.columns):
+            if name in out and c in plan.get(name, ()):
+                out[name][rows] = scores[:, j]
     for name, values in out.items():
         adata.obs[K.SIG_PREFIX + name] = values
-    logger.info("score_by_compartment: %d sets -> adata.obs['%s*']", len(plan), K.SIG_PREFIX)
+    logger.info("score_by_compartment: %d sets -> adata.obs['%s*'] (frozen reference)", len(plan), K.SIG_PREFIX)
+    return reference

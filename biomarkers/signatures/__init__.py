@@ -17,11 +17,12 @@ from biomarkers.signatures._gene_sets import (
     read_gene_set_file,
     write_gene_sets,
 )
-from biomarkers.signatures._score import score_signatures
+from biomarkers.signatures._score import control_genes, score_signatures
 
 __all__ = [
     "GeneSet",
     "alias_table",
+    "control_genes",
     "coverage_report",
     "data_version",
     "evaluate_signatures",

@@ -19,7 +19,7 @@ from biomarkers.signatures._aliases import coverage_report, resolver_for
 from biomarkers.signatures._gene_sets import _manifest, as_gene_sets
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Mapping
 
     from anndata import AnnData
     from numpy.typing import ArrayLike, NDArray
@@ -158,6 +158,56 @@ def _control_genes(
         picked.append(candidates)
     ctrl = np.unique(np.concatenate(picked)) if picked else np.array([], dtype=np.intp)
     return np.setdiff1d(ctrl, set_idx, assume_unique=True)
+
+
+def control_genes(
+    means: NDArray[np.float64],
+    var_names: NDArray[np.str_],
+    sets: Mapping[str, NDArray[np.intp]],
+    *,
+    ctrl_size: int = 50,
+    n_bins: int = 25,
+    seed: int | None = 0,
+) -> dict[str, NDArray[np.intp]]:
+    """Expression-matched control genes of each set, from the genes' mean expression over a reference of cells.
+
+    This is the label-free step of :func:`score_signatures` (scanpy's ``score_genes`` binning and draws), split
+    out so that it can be fitted once on a training cohort and frozen (see
+    :class:`biomarkers.features.ScoringReference`).
+
+    Parameters
+    ----------
+    means
+        Mean log-normalised expression of every gene over the reference cells.
+    var_names
+        Gene names, aligned with `means`.
+    sets
+        Set name -> indices of its genes in `var_names`.
+    ctrl_size, n_bins, seed
+        As in :func:`score_signatures`.
+
+    Returns
+    -------
+    Set name -> indices of its control genes (the set's own genes excluded).
+
+    Raises
+    ------
+    DataSchemaError
+        A set has no control gene left in its bins (too few genes in the data).
+    """
+    cuts = _expression_bins(means, n_bins)
+    by_bin = _genes_by_bin(cuts, np.asarray(var_names))
+    out: dict[str, NDArray[np.intp]] = {}
+    for name, set_idx in sets.items():
+        ctrl = _control_genes(set_idx, cuts, by_bin, ctrl_size=ctrl_size, seed=seed)
+        if ctrl.size == 0:
+            msg = (
+                f"Gene set {name!r}: no control genes left in its expression bins ({len(var_names)} genes in the "
+                "data). Score on more genes, or lower n_bins."
+            )
+            raise DataSchemaError(msg)
+        out[name] = ctrl
+    return out
 
 
 def _mask_rows(adata: AnnData, mask: ArrayLike | str | None) -> tuple[NDArray[np.intp] | None, str]:
@@ -310,18 +360,11 @@ def score_signatures(
         raise DataSchemaError(msg)
 
     means = _gene_means(x, rows)
-    cuts = _expression_bins(means, n_bins)
-    by_bin = _genes_by_bin(cuts, var_names)
+    controls = control_genes(means, var_names, to_score, ctrl_size=ctrl_size, n_bins=n_bins, seed=seed)
     weights = np.zeros((len(var_names), len(to_score)), dtype=np.float64)
     n_ctrl: dict[str, int] = {}
     for j, (name, set_idx) in enumerate(to_score.items()):
-        ctrl = _control_genes(set_idx, cuts, by_bin, ctrl_size=ctrl_size, seed=seed)
-        if ctrl.size == 0:
-            msg = (
-                f"Gene set {name!r}: no control genes left in its expression bins ({len(var_names)} genes in the "
-                "data). Score on more genes, or lower n_bins."
-            )
-            raise DataSchemaError(msg)
+        ctrl = controls[name]
         weights[set_idx, j] += 1.0 / set_idx.size
         weights[ctrl, j] -= 1.0 / ctrl.size
         n_ctrl[name] = int(ctrl.size)
