@@ -25,3 +25,7 @@ class ModelNotFoundError(BiomarkersError):
 
 class ChecksumError(BiomarkersError):
     """A downloaded file does not match its recorded checksum."""
+
+
+class MissingDependencyError(BiomarkersError, ImportError):
+    """An optional dependency (a ``pip install 'biomarkers[<extra>]'`` extra) is not installed."""

@@ -58,7 +58,8 @@ def h5ad(tmp: Path, change: Callable[[AnnData], AnnData | None] | None = None, n
     """Write the tiny cohort, after ``change(adata)`` (in place, or returning a new object), to ``tmp/name``."""
     adata = cohort()
     if change is not None:
-        adata = change(adata) or adata
+        new = change(adata)
+        adata = adata if new is None else new  # not `or`: an AnnData with 0 cells is falsy
     adata.write_h5ad(tmp / name)
     return name
 
@@ -214,12 +215,15 @@ CASES = [
     ("ensembl_ids_without_symbols", cells(ensembl_ids), ("are Ensembl IDs", "adata.var['gene_symbols']")),
     ("no_mt_genes", cells(rename_mt), ("No mitochondrial genes (prefix 'MT-')", "Set preprocess.mt_prefix")),
     ("sample_empty_after_qc", cells(empty_sample), ("No cells left after QC in sample(s) P001_S1", "relax preprocess")),
+    ("zero_cells", cells(lambda a: a[:0].copy()), ("cohort.h5ad has 0 cells", "Re-export it with its cells")),
     ("gene_set_without_genes", unknown_gene_set, ("MY_SET have no gene in the data (0/3 found)", "drop the set")),
     # config
     ("config_unknown_key", cells(cv={"n_split": 2}), ("unknown key 'cv.n_split'", "experiments/_template.yaml")),
     ("config_wrong_type", cells(cv={"n_splits": "two"}), ("'cv.n_splits': Input should be a valid int", "got 'two'")),
     ("set_unknown_key", cells(None, "--set", "cv.n_splitz=3"), ("no key 'n_splitz'", "Check the spelling")),
     ("set_wrong_type", cells(None, "--set", "evaluation.n_boot=lots"), ("'evaluation.n_boot'", "got 'lots'")),
+    ("baseline_feature_misspelled", cells(baselines={"single_features": ["aqp9_macrophage_fractoin"]}),
+     ("'aqp9_macrophage_fractoin' is not a feature column", "did you mean 'aqp9_macrophage_fraction'")),
     # predict
     ("predict_missing_model", predicting(h5ad, "models:/nope@champion"), ("not found", "registered: bad-input")),
     ("predict_missing_version", predicting(h5ad, "models:/bad-input/9"), ("/9 not found", "or alias")),

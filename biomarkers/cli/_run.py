@@ -20,7 +20,7 @@ def _print_summary(res) -> None:
     n = len(res.cohort.features)
     groups = res.cohort.groups
     unit = f"{n} samples of {groups.nunique()} patients" if groups is not None else f"{n} patients"
-    table = Table(title=f"{res.experiment_name}: {unit}, {cv['n_repeats']}x{cv['n_splits']}-fold CV by patient, 95% bootstrap CIs")
+    table = Table(title=f"{res.experiment_name}: {unit}, {cv['n_repeats']}x{cv['n_splits']}-fold CV by patient, {ev.ci * 100:g}% bootstrap CIs")
     for col in ("model", "kind", "AUROC", "AUPRC", "balanced acc.", "Brier"):
         table.add_column(col, justify="left" if col in {"model", "kind"} else "right")
     for name, r in ev.metrics.iterrows():

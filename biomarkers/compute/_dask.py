@@ -13,16 +13,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("biomarkers")
 
-INSTALL_HINT = "pip install 'biomarkers[dask]'"
-
 
 def _distributed() -> Any:
-    try:
-        import distributed
-    except ImportError as err:
-        msg = f"A Dask scheduler (compute.scheduler / --scheduler) needs dask.distributed, which is not installed: {INSTALL_HINT}"
-        raise ImportError(msg) from err
-    return distributed
+    from biomarkers._optional import require
+
+    return require("distributed", "dask", purpose="A Dask scheduler (compute.scheduler / --scheduler)")
 
 
 @contextmanager
@@ -44,8 +39,8 @@ def dask_client(scheduler: str | Any, *, n_workers: int = 2) -> Iterator[Any]:
 
     Raises
     ------
-    ImportError
-        dask.distributed is not installed.
+    MissingDependencyError
+        dask.distributed is not installed (an ImportError).
     ConfigError
         `scheduler` is none of the above.
 

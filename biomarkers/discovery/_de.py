@@ -151,6 +151,9 @@ def _wilcoxon(counts: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
 def _deseq2(
     counts: pd.DataFrame, y: np.ndarray, covariates: pd.DataFrame | None, kept: list[str]
 ) -> dict[str, np.ndarray]:
+    from biomarkers._optional import require
+
+    require("pydeseq2", "discover", purpose="Discovery with method='deseq2'")
     from pydeseq2.dds import DeseqDataSet
     from pydeseq2.ds import DeseqStats
 

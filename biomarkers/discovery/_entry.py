@@ -45,11 +45,8 @@ def _cells_from_config(cfg: ExperimentConfig) -> tuple[AnnData, str]:
         preprocess=PreprocessParams(**cfg.preprocess.model_dump()),
         seed=cfg.seed,
     )
-    cells = pipe.process(adata)
-    if cfg.data.label_map and k.RESPONSE in cells.obs:
-        labels = cells.obs[k.RESPONSE].astype(str)
-        cells.obs[k.RESPONSE] = labels.map(lambda v: cfg.data.label_map.get(v, v))
-    return cells, source
+    # read_cohort has already applied data.label_map / positive_label: the labels are canonical here.
+    return pipe.process(adata), source
 
 
 def run_discovery(
@@ -83,13 +80,18 @@ def run_discovery(
     The :class:`DiscoveryResult`.
     """
     p = Path(path)
+    if method == "deseq2":  # before reading and processing the cohort, not after
+        from biomarkers._optional import require
+
+        require("pydeseq2", "discover", purpose="biomarkers discover (method deseq2)")
     stamp = datetime.now(tz=UTC).strftime("%Y%m%d-%H%M%S")
     if p.suffix.lower() in CONFIG_SUFFIXES:
         from biomarkers.config import load_config
 
         cfg = load_config(p, overrides=list(overrides or []))
         cells, source = _cells_from_config(cfg)
-        name, positive, negative, seed = cfg.name, cfg.data.positive_label, cfg.data.negative_label, cfg.seed
+        # The cohort's labels are canonical (data.positive_label is the raw value read_cohort mapped), as in `run`.
+        name, positive, negative, seed = cfg.name, k.NON_RESPONDER, k.RESPONDER, cfg.seed
         experiment = f"{cfg.name}-discovery"
     else:
         if overrides:

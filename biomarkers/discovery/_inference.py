@@ -227,6 +227,9 @@ def fast_inference(n_cpus: int = 1) -> Any:
     -------
     An inference object for ``DeseqDataSet(inference=...)`` and ``DeseqStats(inference=...)``.
     """
+    from biomarkers._optional import require
+
+    require("pydeseq2", "discover", purpose="fast_inference (DESeq2)")
     from pydeseq2.default_inference import DefaultInference
 
     class _GridInference(DefaultInference):

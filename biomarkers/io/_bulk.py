@@ -6,11 +6,17 @@ may be negative). Larger values are linear: integer tables are treated as read c
 comparable); non-integer linear values (TPM, FPKM, MAS5) become ``log2(x + 1)``. Either transform
 is logged and recorded in ``uns['bm']['io']['transform']``. Duplicated genes (probes, aliases) are
 collapsed to the row with the highest mean expression, the usual choice for microarrays.
+
+Numeric columns of a samples x genes table that are sample metadata stay in ``obs``, not genes: the columns
+named by the obs mapping (``obs_map`` / ``*_col``), those named in :data:`CLINICAL_COLUMNS` (any case, space or
+``-`` for ``_``: ``Age``, ``CRP``, ``Disease duration``), lower-case names (``dose_mg``: not HGNC symbols), and
+any listed in the reader's ``metadata_cols``. Which numeric columns were taken as metadata is logged (INFO).
 """
 
 from __future__ import annotations
 
 import csv
+import difflib
 import re
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -35,7 +41,7 @@ from ._common import (
 from ._obs import LabelSpec, apply_obs_map, finalize_obs, join_sample_sheet, load_sample_sheet
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
     from pathlib import Path
 
     from anndata import AnnData
@@ -43,6 +49,23 @@ if TYPE_CHECKING:
 Orientation = Literal["samples_x_genes", "genes_x_samples"]
 LOG_SCALE_MAX = 100.0  # log2 microarray/RNA-seq values stay far below this; linear values exceed it
 _METADATA_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")  # 'age', 'dose_mg': lower-case names are not HGNC symbols
+#: Clinical columns often found next to the genes of a samples x genes table; a numeric column with one of these
+#: names (matched in any case, space or ``-`` read as ``_``) is sample metadata (obs), not a gene. ``CRP`` is also
+#: the symbol of the C-reactive protein gene: a table measuring that gene must name its column otherwise.
+#: For other names pass ``metadata_cols`` to the reader.
+CLINICAL_COLUMNS: tuple[str, ...] = (
+    "age", "age_years", "age_at_diagnosis", "age_at_onset", "sex", "gender", "bmi", "weight", "weight_kg", "height",
+    "height_cm", "crp", "crp_mg_l", "esr", "albumin", "hemoglobin", "haemoglobin", "calprotectin",
+    "fecal_calprotectin", "faecal_calprotectin", "smoking", "smoker", "smoking_status", "disease_duration",
+    "duration", "disease_duration_years", "severity", "disease_severity", "mayo", "mayo_score", "cdai", "hbi",
+    "ses_cd", "uceis", "dose", "week", "timepoint", "visit",
+)  # fmt: skip
+_CLINICAL = frozenset(CLINICAL_COLUMNS)
+
+
+def _clinical_key(name: str) -> str:
+    return re.sub(r"[\s\-]+", "_", name.strip().lower())
+
 
 
 def check_finite(values: np.ndarray, *, source: str) -> None:
@@ -136,7 +159,12 @@ def detect_orientation(table: pd.DataFrame, *, metadata_names: set[str]) -> Orie
 
 
 def _samples_x_genes(
-    table: pd.DataFrame, *, metadata_names: set[str], sample_col: str | None, source: str
+    table: pd.DataFrame,
+    *,
+    metadata_names: set[str],
+    sample_col: str | None,
+    source: str,
+    metadata_cols: Sequence[str] = (),
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Split a samples x genes table into expression, metadata (incl. the ID column) and var."""
     columns = [str(c) for c in table.columns]
@@ -153,11 +181,23 @@ def _samples_x_genes(
         )
         raise DataSchemaError(msg)
     numeric = _numeric_positions(table)
-    gene_pos = [
-        i
-        for i, c in enumerate(columns)
-        if i != id_pos and c not in metadata_names and i in numeric and not _METADATA_NAME_RE.match(c)
-    ]
+    extra = set(metadata_cols)
+    gene_pos, taken = [], []
+    for i, c in enumerate(columns):
+        if i == id_pos or i not in numeric:
+            continue
+        if c in metadata_names or c in extra:
+            taken.append(c)
+        elif _clinical_key(c) in _CLINICAL:
+            taken.append(f"{c} (clinical name)")
+        elif _METADATA_NAME_RE.match(c):
+            taken.append(f"{c} (lower-case name)")
+        else:
+            gene_pos.append(i)
+    if taken:
+        logger.info(
+            "read_cohort: %s: numeric columns kept as sample metadata (obs), not genes: %s", source, ", ".join(taken)
+        )
     gene_set = set(gene_pos)
     meta_pos = [i for i in range(len(columns)) if i not in gene_set]
     if not gene_pos:
@@ -234,8 +274,13 @@ def read_bulk_table(
     labels: LabelSpec,
     gene_map: Mapping[str, str] | None,
     params: Mapping[str, Any],
+    metadata_cols: Sequence[str] | None = None,
 ) -> AnnData:
-    """Read a bulk CSV/TSV into AnnData (obs = samples, X = log-scale expression)."""
+    """Read a bulk CSV/TSV into AnnData (obs = samples, X = log-scale expression).
+
+    `metadata_cols` names further numeric columns of a samples x genes table that are sample metadata (obs),
+    beyond the mapped columns and :data:`CLINICAL_COLUMNS`.
+    """
     source = path.name
     table = read_delimited(path, low_memory=False)  # one dtype per column, and faster for wide tables
     header = _raw_header(path, table_separator(path))
@@ -248,15 +293,34 @@ def read_bulk_table(
     table.columns = header
     table = _coerce_numeric(table)
     metadata_names = set(CANONICAL_OBS) | set(mapping.values())
+    metadata_cols = list(metadata_cols or [])
+    absent = [c for c in metadata_cols if c not in table.columns]
+    if absent:
+        names = list(map(str, table.columns))
+        close = [m[0] for c in absent for m in [difflib.get_close_matches(c, names, n=1)] if m]
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        msg = (
+            f"metadata_cols {', '.join(map(repr, absent[:5]))} not among the columns of {source}{hint} "
+            f"(columns: {preview(names, 8)}). Fix metadata_cols."
+        )
+        raise DataSchemaError(msg)
+    metadata_names |= set(metadata_cols)
     if orientation is None:
         orientation = detect_orientation(table, metadata_names=metadata_names)
     mapping = dict(mapping)
     if orientation == "samples_x_genes":
         expr, meta, var = _samples_x_genes(
-            table, metadata_names=metadata_names, sample_col=mapping.get(_keys.SAMPLE), source=source
-        )
+            table, metadata_names=metadata_names, sample_col=mapping.get(_keys.SAMPLE), source=source,
+            metadata_cols=metadata_cols,
+        )  # fmt: skip
         key_col = None  # the sheet's sample column is found by matching IDs
     else:
+        if metadata_cols:
+            msg = (
+                f"metadata_cols {preview(metadata_cols)} name columns of a samples x genes table, but {source} is "
+                "genes x samples. Put sample metadata in a sample_sheet, or set orientation='samples_x_genes'."
+            )
+            raise DataSchemaError(msg)
         expr, meta, var = _genes_x_samples(table, source=source)
         key_col = mapping.pop(_keys.SAMPLE, None)
     if sample_sheet is not None:

@@ -89,6 +89,16 @@ def _read_error(path: Path, err: Exception) -> DataSchemaError:
     return DataSchemaError(msg)
 
 
+def _check_cells(n_cells: int, *, source: str) -> None:
+    """Raise if the file holds no cells: nothing downstream (QC, features, models) can use it."""
+    if n_cells == 0:
+        msg = (
+            f"{source} has 0 cells (an empty obs table): there is nothing to read. Was it subset or filtered to "
+            "nothing before saving? Re-export it with its cells, or fix data.path."
+        )
+        raise DataSchemaError(msg)
+
+
 def _canonical_obs(obs: pd.DataFrame, *, mapping: Mapping[str, str], labels: LabelSpec, source: str) -> pd.DataFrame:
     obs = apply_obs_map(obs, mapping, source=source)
     return finalize_obs(
@@ -117,6 +127,7 @@ def read_h5ad_cohort(
             adata = ad.read_h5ad(path)
     except (OSError, KeyError, ValueError, TypeError) as err:
         raise _read_error(path, err) from err
+    _check_cells(adata.n_obs, source=source)
     layer = adata.layers.get(_keys.COUNTS)
     raw = adata.raw.X if adata.raw is not None else None
     choice = pick_counts(
@@ -154,6 +165,7 @@ def _read_backed(
 
     source = path.name
     with h5py.File(path, "r") as f:
+        _check_cells(len(ad.io.read_elem(f["obs"])), source=source)  # before probing: there are no rows to probe
         choice = _probe_source(f, source=source, allow_non_integer=True)
     try:
         adata = ad.read_h5ad(path, backed="r")
@@ -223,9 +235,10 @@ def iter_h5ad_samples(
     except OSError as err:
         raise _read_error(path, err) from err
     with f:
+        obs = ad.io.read_elem(f["obs"])
+        _check_cells(len(obs), source=source)  # before probing: there are no rows to probe
         choice = _probe_source(f, source=source, allow_non_integer=allow_non_integer)
         label, key, var_key = _CANDIDATES[choice]
-        obs = ad.io.read_elem(f["obs"])
         obs = _canonical_obs(obs, mapping=mapping, labels=labels, source=source)
         var = canonical_var(ad.io.read_elem(f[var_key]), gene_map=gene_map, source=source)
         elem = f[key]

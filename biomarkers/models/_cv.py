@@ -223,8 +223,7 @@ def _as_estimator(estimator_or_spec: BaseEstimator | Mapping[str, Any], *, seed:
 def _fit_predict(est: BaseEstimator, X: pd.DataFrame, y: np.ndarray, train: np.ndarray, test: np.ndarray) -> np.ndarray:
     model = clone(est).fit(X.iloc[train], y[train])
     proba = model.predict_proba(X.iloc[test])
-    classes = list(model.classes_)
-    return proba[:, classes.index(1)] if 1 in classes else np.zeros(len(test))
+    return proba[:, list(model.classes_).index(1)]  # cross_validate_model checked both classes are in `train`
 
 
 def cross_validate_model(
@@ -280,6 +279,15 @@ def cross_validate_model(
     for _, _, tr, te in jobs:
         if max(tr.max(initial=-1), te.max(initial=-1)) >= len(Xf):
             msg = f"folds index rows beyond X ({len(Xf)} rows). Build folds with patient_folds(y) for this X."
+            raise DataSchemaError(msg)
+    unit = "patients" if groups is None else "samples"
+    for r, f, tr, _ in jobs:
+        n_pos = int(y_arr[tr].sum())
+        if n_pos == 0 or n_pos == len(tr):
+            msg = (
+                f"Training fold {f} of repeat {r} has {len(tr) - n_pos} responder / {n_pos} non-responder {unit}: "
+                "a model cannot learn from one class. Lower cv.n_splits (or build folds with patient_folds(y))."
+            )
             raise DataSchemaError(msg)
     # One BLAS thread: on tens of rows OpenBLAS threads only spin; on a busy 2-core machine a 2-thread BLAS made
     # each logistic-regression fit ~15x slower (87 ms vs 5.6 ms).

@@ -38,7 +38,7 @@ class EvaluationResult:
     ----------
     metrics
         One row per model and baseline (index ``model``): ``kind`` (``model``/``baseline``), each metric as the
-        mean over CV repeats with ``_ci_low``/``_ci_high`` (bootstrap over patients and repeats),
+        mean over CV repeats with ``_ci_low``/``_ci_high`` (bootstrap over patients and repeats, coverage ``ci``),
         ``auroc_repeat_mean``/``auroc_repeat_sd``
         (AUROC of each repeat's pooled OOF predictions), ``n``, ``n_positive``. Models first, best AUROC first.
     oof
@@ -61,6 +61,8 @@ class EvaluationResult:
         Resolved CV settings (``n_splits``, ``n_repeats``, ``permutation_repeats``, ``seed``, ``grouped``).
     seconds
         Wall time.
+    ci
+        Central coverage of the bootstrap CIs in ``metrics`` (e.g. 0.95).
     """
 
     metrics: pd.DataFrame
@@ -74,6 +76,7 @@ class EvaluationResult:
     folds: Folds = field(repr=False)
     cv: dict[str, Any] = field(default_factory=dict)
     seconds: float = float("nan")
+    ci: float = 0.95
 
     @property
     def best_spec(self) -> dict[str, Any]:
@@ -140,6 +143,7 @@ def evaluate_models(
     n_permutations: int = 100,
     threshold: float = 0.5,
     n_jobs: int = 1,
+    ci: float = 0.95,
 ) -> EvaluationResult:
     """Cross-validate every model and baseline on the same patient folds and compare them.
 
@@ -170,6 +174,8 @@ def evaluate_models(
     n_jobs
         Threads for the permutation test (permutation results do not depend on it). Keep 1 on a 2-core machine:
         the GIL and BLAS make 2 threads slower there.
+    ci
+        Central coverage of the bootstrap CIs (the config's ``evaluation.ci``): 0.9 gives the 5th/95th percentiles.
 
     Returns
     -------
@@ -196,6 +202,9 @@ def evaluate_models(
         if _check_spec(spec) in BASELINE_KINDS:
             msg = f"{spec['kind']!r} is a baseline kind; pass it in baselines, not model_specs."
             raise ConfigError(msg)
+    if not 0 < ci < 1:
+        msg = f"ci must be a coverage between 0 and 1 (exclusive), got {ci!r}. Use e.g. 0.95 (evaluation.ci)."
+        raise ConfigError(msg)
     cv = _cv_settings(cv_spec)
     g = align_groups(groups, Xf.index)
     folds = patient_folds(y_arr, n_splits=cv["n_splits"], n_repeats=cv["n_repeats"], seed=seed, groups=g)
@@ -217,7 +226,7 @@ def evaluate_models(
             p_repeats = np.vstack([summarize_oof(d).loc[order, "p"].to_numpy() for _, d in oof[name].groupby("repeat")])
             m = evaluate_predictions(
                 summaries[name]["y_true"], summaries[name]["p"], n_boot=n_boot, seed=seed, threshold=threshold,
-                p_repeats=p_repeats,
+                ci=ci, p_repeats=p_repeats,
             )  # fmt: skip
             per_rep = [
                 # by patient: a patient's samples are averaged first, as everywhere else
@@ -265,7 +274,7 @@ def evaluate_models(
     b = metrics.loc[best]
     logger.info(
         "evaluate_models: %d model(s) + %d baseline(s) on %d patients x %d features, %d x %d-fold CV; best %s "
-        "AUROC %.2f [%.2f, %.2f], permutation p=%s, Youden threshold %.3f (%.1f s)",
+        "AUROC %.2f [%.2f, %.2f] (%g%% CI), permutation p=%s, Youden threshold %.3f (%.1f s)",
         len(models),
         len(bases),
         len(Xf),
@@ -276,6 +285,7 @@ def evaluate_models(
         b["auroc"],
         b["auroc_ci_low"],
         b["auroc_ci_high"],
+        ci * 100,
         "n/a" if perm is None else f"{perm.p_value:.3g} ({perm.n_permutations} perms)",
         threshold_best,
         seconds,
@@ -292,6 +302,7 @@ def evaluate_models(
         folds=folds,
         cv={**cv, "seed": seed, "grouped": g is not None},
         seconds=seconds,
+        ci=ci,
     )
 
 

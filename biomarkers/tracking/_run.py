@@ -136,9 +136,35 @@ def _model_specs(cfg: ExperimentConfig) -> list[dict[str, Any]]:
 
 
 def _baselines(cfg: ExperimentConfig, columns: pd.Index) -> list[str]:
+    """Baseline strings for :func:`evaluate_models`; raise on a ``single_features`` entry that is not a feature.
+
+    The study's default single features (``DEFAULT_SINGLE_FEATURES``) exist only for some feature families and
+    genes; one the cohort lacks is skipped with a log line. Any other entry must be a feature column.
+    """
+    import difflib
+
+    from biomarkers._errors import DataSchemaError
+    from biomarkers.models._evaluate import DEFAULT_SINGLE_FEATURES
+
     out = ["majority"] if cfg.baselines.majority else []
-    out += [f"single_feature:{c}" for c in cfg.baselines.single_features if c in columns]
+    for c in cfg.baselines.single_features:
+        if c in columns:
+            out.append(f"single_feature:{c}")
+        elif c in DEFAULT_SINGLE_FEATURES:
+            logger.info("baselines: default single feature %r is not among the %d features; skipped", c, len(columns))
+        else:
+            names = [str(n) for n in columns]
+            close = difflib.get_close_matches(c, names, n=3, cutoff=0.6)
+            hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
+            msg = (
+                f"baselines.single_features entry {c!r} is not a feature column; {hint}"
+                f"available ({len(names)}): {', '.join(names[:8])}{', ...' if len(names) > 8 else ''}. "
+                "Fix baselines.single_features (or set it to [])."
+            )
+            raise DataSchemaError(msg)
     return out
+
+
 
 
 def run_experiment(cfg: ExperimentConfig, *, adata: AnnData | None = None) -> RunResult:
@@ -190,6 +216,7 @@ def _evaluate_and_log(cfg: ExperimentConfig, cohort: Cohort, *, umap: Any, t0: f
     # Check the labels against cv.n_splits (both classes, enough patients per class) before the store is touched,
     # so a cohort too small for the CV creates no MLflow database or experiment either.
     patient_folds(y, n_splits=cfg.cv.n_splits, n_repeats=1, seed=cfg.seed, groups=align_groups(cohort.groups, X.index))
+    baselines = _baselines(cfg, X.columns)  # likewise: a misspelled baseline feature is refused before the store
     # A new SQLite store runs its schema migrations on first use (~8 s): overlap that with the CV.
     pool = ThreadPoolExecutor(max_workers=1)
     exp_future = pool.submit(_experiment_id, cfg.name)
@@ -201,8 +228,9 @@ def _evaluate_and_log(cfg: ExperimentConfig, cohort: Cohort, *, umap: Any, t0: f
         cv_spec=cfg.cv.model_dump(),
         seed=cfg.seed,
         groups=cohort.groups,
-        baselines=_baselines(cfg, X.columns),
+        baselines=baselines,
         n_boot=cfg.evaluation.n_boot,
+        ci=cfg.evaluation.ci,
         n_permutations=cfg.evaluation.n_permutations,
     )
     t_cv = time.perf_counter()
