@@ -165,8 +165,6 @@ def _baselines(cfg: ExperimentConfig, columns: pd.Index) -> list[str]:
     return out
 
 
-
-
 def run_experiment(cfg: ExperimentConfig, *, adata: AnnData | None = None) -> RunResult:
     """Run an experiment end to end and record it in MLflow.
 
