@@ -67,7 +67,6 @@ def _clinical_key(name: str) -> str:
     return re.sub(r"[\s\-]+", "_", name.strip().lower())
 
 
-
 def check_finite(values: np.ndarray, *, source: str) -> None:
     """Raise if the expression values contain NaN or inf."""
     finite = np.isfinite(values)
