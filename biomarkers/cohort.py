@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
     from biomarkers.config import ExperimentConfig
     from biomarkers.features import FeaturePipeline
+    from biomarkers.io import ReadSpec
 
 logger = logging.getLogger("biomarkers")
 
@@ -50,6 +51,10 @@ class Cohort:
         Path of the input, or ``simulate_cohort(...)`` with its arguments.
     coverage
         Gene coverage of each gene set.
+    read_spec
+        The reader settings (:class:`biomarkers.io.ReadSpec`), stored with the model so predict reads alike.
+    samples
+        One row per sample kept: patient, tissue / timepoint / inflamed where known.
     """
 
     features: pd.DataFrame
@@ -63,6 +68,8 @@ class Cohort:
     source: str
     coverage: pd.DataFrame
     timings: dict[str, float] = field(default_factory=dict)
+    read_spec: ReadSpec | None = None
+    samples: pd.DataFrame | None = None
 
 
 def file_digest(path: Path, *, chunk: int = 1 << 20) -> str:
@@ -144,19 +151,21 @@ def load_cohort(cfg: ExperimentConfig) -> tuple[AnnData, str, str]:
     return adata, file_digest(Path(d.path)), str(d.path)
 
 
+def read_spec(cfg: ExperimentConfig) -> ReadSpec:
+    """Return the config's reader settings, shared by training (``read_cohort``, ``iter_samples``) and predict."""
+    from biomarkers.io import ReadSpec
+
+    return ReadSpec.from_config(cfg.data)
+
+
 def _read_kwargs(cfg: ExperimentConfig) -> dict[str, Any]:
-    """Collect the config's reader options, shared by :func:`biomarkers.io.read_cohort` and ``iter_samples``."""
-    d = cfg.data
-    return {
-        "kind": d.format,
-        "obs_map": d.obs_map or None,
-        "patient_col": d.patient_col,
-        "sample_col": d.sample_col,
-        "label_col": d.label_col,
-        "positive_label": d.positive_label,
-        "negative_label": d.negative_label,
-        "label_map": d.label_map or None,
-    }
+    return read_spec(cfg).read_kwargs()
+
+
+def _check_samples(samples: pd.DataFrame, cfg: ExperimentConfig, *, source: str) -> None:
+    from biomarkers.io import check_sample_mix
+
+    check_sample_mix(samples, allow=cfg.data.allow_mixed_samples, source=source)
 
 
 def _streams(cfg: ExperimentConfig) -> bool:
@@ -165,19 +174,9 @@ def _streams(cfg: ExperimentConfig) -> bool:
 
 
 def _pipeline(cfg: ExperimentConfig) -> FeaturePipeline:
-    from biomarkers.features import FeaturePipeline, PreprocessParams
-    from biomarkers.signatures import load_gene_sets
+    from biomarkers.features import FeaturePipeline
 
-    gene_sets = load_gene_sets(list(cfg.signatures), path=[str(p) for p in cfg.signature_files] or None)
-    return FeaturePipeline(
-        gene_sets=gene_sets,
-        plan={k: tuple(v) for k, v in cfg.signatures.items()},
-        preprocess=PreprocessParams(**cfg.preprocess.model_dump()),
-        pb_genes=tuple(cfg.features.pb_genes),
-        pb_compartments=tuple(cfg.features.pb_compartments),
-        families=tuple(f for f in cfg.features.families if f != "bulk_genes"),
-        seed=cfg.seed,
-    )
+    return FeaturePipeline.from_config(cfg)
 
 
 def _bulk_bridge(pipe: FeaturePipeline, var_names: Any) -> dict[str, Any] | None:
@@ -203,10 +202,13 @@ def _prepare_streaming(cfg: ExperimentConfig, *, t0: float) -> Cohort:
     res = sample_stats(
         pipe, path, scheduler=cfg.compute.scheduler, n_workers=cfg.compute.n_workers, read_kwargs=_read_kwargs(cfg)
     )
+    _check_samples(res.labels, cfg, source=path.name)
     labels = _patient_labels(res.labels, cfg)
+    pipe = pipe.fit_reference(res.stats)
     return _single_cell_cohort(
         pipe.finalize(res.stats), labels, pipe, var_names=None, cells=None, digest=digest, source=str(path),
         coverage=res.coverage, timings={"load_s": t_load, "features_s": time.perf_counter() - t1},
+        read_spec=read_spec(cfg), samples=res.labels,
     )  # fmt: skip
 
 
@@ -221,6 +223,8 @@ def _single_cell_cohort(
     source: str,
     coverage: pd.DataFrame,
     timings: dict[str, float],
+    read_spec: ReadSpec | None = None,
+    samples: pd.DataFrame | None = None,
 ) -> Cohort:
     """Keep the labelled patients that have features, and package them as a single-cell :class:`Cohort`."""
     features = features.loc[labels.index.intersection(features.index)]
@@ -236,6 +240,8 @@ def _single_cell_cohort(
         source=source,
         coverage=coverage,
         timings=timings,
+        read_spec=read_spec,
+        samples=samples,
     )
 
 
@@ -269,22 +275,33 @@ def prepare_cohort(cfg: ExperimentConfig, *, adata: AnnData | None = None) -> Co
             "Set data.patient_col in the experiment config."
         )
         raise DataSchemaError(msg)
+    from biomarkers.features import score_by_compartment
+    from biomarkers.io import sample_table
+
+    samples = sample_table(adata.obs)
+    _check_samples(samples, cfg, source=Path(source).name)
     labels = _patient_labels(adata.obs, cfg)
     pipe = _pipeline(cfg)
     coverage = pipe.check_genes(adata.var_names)
     t1 = time.perf_counter()
     if _streams(cfg):
         # In-memory cells (simulated, or passed in): split by sample and streamed the same way.
-        from biomarkers.compute import transform_samples
+        from biomarkers.compute import sample_stats
 
-        features = transform_samples(pipe, adata, scheduler=cfg.compute.scheduler, n_workers=cfg.compute.n_workers)
+        stats = sample_stats(pipe, adata, scheduler=cfg.compute.scheduler, n_workers=cfg.compute.n_workers).stats
         cells = None
     else:
         cells = pipe.process(adata)
-        features = pipe.finalize(pipe.stats(cells))
+        stats = pipe.stats(cells)
+    # Control genes are fitted once on the training cohort (no labels involved) and frozen into the model.
+    pipe = pipe.fit_reference(stats)
+    features = pipe.finalize(stats)
+    if cells is not None:
+        score_by_compartment(cells, reference=pipe.reference, plan=pipe.plan)  # per-cell scores, for the plots
     return _single_cell_cohort(
         features, labels, pipe, var_names=adata.var_names, cells=cells, digest=digest, source=source,
         coverage=coverage, timings={"load_s": t_load, "features_s": time.perf_counter() - t1},
+        read_spec=read_spec(cfg), samples=samples,
     )  # fmt: skip
 
 
@@ -326,13 +343,15 @@ def _prepare_bulk(cfg: ExperimentConfig, adata: AnnData, *, digest: str, source:
         source=source,
         coverage=coverage_report(gene_sets, list(adata.var_names)),
         timings={"load_s": t_load},
+        read_spec=read_spec(cfg),
     )
 
 
 def check_experiment(cfg: ExperimentConfig) -> None:
     """Validate an experiment's data without computing features (``run --dry-run``).
 
-    Checks the input reads, the patient and label columns, label values and classes, the number of
+    Checks the input reads (with ``data.query`` and ``data.labels``), the patient and label columns, label values
+    and classes, that each patient's samples agree in tissue / timepoint / inflamed status, the number of
     patients per class against ``cv.n_splits``, and gene-set coverage. Raises a
     :class:`biomarkers.BiomarkersError` subclass on the first problem.
     """
@@ -350,6 +369,9 @@ def check_experiment(cfg: ExperimentConfig) -> None:
         if K.PATIENT not in adata.obs:
             msg = f"Patient column '{cfg.data.patient_col}' not in the cohort. Set data.patient_col in the experiment config."
             raise DataSchemaError(msg)
+        from biomarkers.io import sample_table
+
+        _check_samples(sample_table(adata.obs), cfg, source=Path(str(cfg.data.path or "simulated")).name)
         y = _patient_labels(adata.obs, cfg)
     counts = y.value_counts()
     if counts.min() < cfg.cv.n_splits:

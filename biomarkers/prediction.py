@@ -57,9 +57,40 @@ def _read_feature_table(path: Path, *, id_col: str) -> pd.DataFrame:
         msg = f"Cannot read {path} as a CSV/TSV table ({type(e).__name__}). Pass a patient x feature CSV or an h5ad of cells."
         raise DataSchemaError(msg) from None
     if id_col not in df.columns:
-        msg = f"Column '{id_col}' not in {path.name} (have: {', '.join(map(str, df.columns[:8]))}). Name the id column '{id_col}' or pass --id-col."
+        msg = (
+            f"Column '{id_col}' not in {path.name} (have: {', '.join(map(str, df.columns[:8]))}). "
+            f"Rename the id column of the table to '{id_col}'."
+        )
         raise DataSchemaError(msg)
     return df.set_index(df[id_col].astype(str)).drop(columns=[id_col])
+
+
+def _cells_spec(model: Any, overrides: dict[str, Any]) -> Any:
+    """Return the training reader settings, with the caller's overrides (``--patient-col``, ``--query``, ...)."""
+    from biomarkers.io import ReadSpec
+
+    return ReadSpec.from_dict(getattr(model, "read_spec", None) or {}).for_predict(**overrides)
+
+
+def _from_cells(model: Any, adata: AnnData, spec: Any, *, source: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from biomarkers.io import check_sample_mix, sample_table
+
+    check_sample_mix(sample_table(adata.obs), allow=spec.allow_mixed_samples, source=source)
+    return model.cells_table(adata)
+
+
+def _canonical_anndata(adata: AnnData, spec: Any) -> AnnData:
+    """Apply the reader settings to an in-memory AnnData as read_cohort does to a file (query, columns, counts)."""
+    from biomarkers.io._h5ad import canonical_anndata
+    from biomarkers.io._obs import LabelSpec, ObsRules, resolve_obs_map
+
+    mapping = resolve_obs_map(spec.obs_map, patient_col=spec.patient_col, sample_col=spec.sample_col, label_col=None)
+    out = canonical_anndata(
+        adata, mapping=mapping, labels=LabelSpec(), gene_map=None, allow_non_integer=False, source="adata",
+        rules=ObsRules(query=spec.query),
+    )  # fmt: skip
+    out.uns.pop("_counts_source", None)
+    return out
 
 
 def predict(
@@ -67,35 +98,46 @@ def predict(
     *,
     model_uri: str,
     out: str | Path | None = None,
-    patient_col: str = K.PATIENT,
+    patient_col: str | None = None,
+    sample_col: str | None = None,
+    query: str | None = None,
+    obs_map: dict[str, str] | None = None,
 ) -> pd.DataFrame:
-    """Apply a registered model to new samples.
+    """Apply a registered model to new samples, read exactly as the model's training data was.
 
     Parameters
     ----------
     data
-        Raw-count cells (h5ad / 10x path or AnnData, with a patient column), a patient x feature table
-        (CSV path or DataFrame, id column ``patient_id``), or, for bulk models, a bulk table of samples x
-        genes (id column ``sample_id``).
+        Raw-count cells (h5ad / 10x path or AnnData), a patient x feature table (CSV path or DataFrame, id
+        column ``patient_id``), or, for bulk models, a bulk table of samples x genes (id column ``sample_id``).
     model_uri
         ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or ``runs:/RUN_ID/model`` in the project's store.
     out
         CSV to write; written only when everything succeeded (no half-written file).
-    patient_col
-        Patient column of the cells' ``obs`` (renamed to ``patient_id``).
+    patient_col, sample_col
+        Patient / sample columns of the cells' metadata; None: those the model was trained with.
+    query
+        Sample selection (a pandas query over the input's own columns); None: the training ``data.query``,
+        ``""``: keep every row.
+    obs_map
+        Extra canonical name -> column mappings, on top of the training ``obs_map``.
 
     Returns
     -------
-    One row per patient (``patient_id, p_non_response, prediction``) or bulk sample (``sample_id, ...``),
-    then the feature values and ``feature_coverage``.
+    One row per patient: ``patient_id, p_non_response, prediction, n_cells, n_samples`` (cells and samples
+    used), then the model's features and ``feature_coverage``. Bulk: one row per sample (``sample_id, ...``).
     """
     from anndata import AnnData
+
+    from biomarkers.tracking._pyfunc import QC_COLUMNS
 
     if isinstance(data, (str, Path)) and not Path(data).exists():
         msg = f"Input not found: {data}. Pass an h5ad of raw counts, a 10x folder/.h5, or a CSV table."
         raise DataSchemaError(msg)
     pyfunc, model = load_model(model_uri)
     id_col = K.SAMPLE if model.kind == "bulk" else K.PATIENT
+    overrides = {"patient_col": patient_col, "sample_col": sample_col, "query": query, "obs_map": obs_map}
+    qc: pd.DataFrame | None = None
     if isinstance(data, (str, Path)):
         path = Path(data)
         if _is_table(path) and (model.kind == "bulk" or (model.bulk is not None and not _has_features(path, model.features))):
@@ -111,18 +153,15 @@ def predict(
         else:
             from biomarkers.io import read_cohort
 
-            features = model.features_from_cells(read_cohort(path, obs_map={K.PATIENT: patient_col}))
+            spec = _cells_spec(model, overrides)
+            logger.info("predict: reading %s with the training settings %s", path.name, spec.read_kwargs())
+            features, qc = _from_cells(model, read_cohort(path, **spec.read_kwargs()), spec, source=path.name)
     elif isinstance(data, AnnData):
         if model.kind == "bulk":
             features = model.features_from_bulk(data.to_df())
         else:
-            if patient_col != K.PATIENT:
-                if patient_col not in data.obs:
-                    msg = f"Column '{patient_col}' not in adata.obs (have: {', '.join(map(str, data.obs.columns[:10]))}). Pass patient_col=..."
-                    raise DataSchemaError(msg)
-                data = data.copy()
-                data.obs[K.PATIENT] = data.obs[patient_col].astype(str)
-            features = model.features_from_cells(data)
+            spec = _cells_spec(model, overrides)
+            features, qc = _from_cells(model, _canonical_anndata(data, spec), spec, source="adata")
     else:
         features = data.copy()
         if id_col in features.columns:
@@ -131,7 +170,13 @@ def predict(
     coverage = model.feature_coverage(features)
     result = pyfunc.predict(aligned)
     result.index = aligned.index
-    table = pd.concat([result, aligned, coverage.rename("feature_coverage")], axis=1)
+    parts = [result]
+    if model.kind != "bulk":
+        if qc is None:  # a feature table: report what it says, if anything
+            qc = features.reindex(columns=list(QC_COLUMNS))
+        parts.append(qc.reindex(aligned.index).astype(float))
+    shown = aligned.drop(columns=[c for c in QC_COLUMNS if c in aligned.columns and model.kind != "bulk"])
+    table = pd.concat([*parts, shown, coverage.rename("feature_coverage")], axis=1)
     table.index.name = id_col
     table = table.reset_index()
     if out is not None:

@@ -73,15 +73,43 @@ def run(
     _print_summary(bm.run_experiment(cfg))
 
 
+def _obs_map(pairs: list[str] | None) -> dict[str, str] | None:
+    """``KEY=COL`` pairs -> ``{canonical name: column}``."""
+    from biomarkers._errors import ConfigError
+
+    out = {}
+    for pair in pairs or []:
+        key, sep, column = pair.partition("=")
+        if not sep or not key.strip() or not column.strip():
+            msg = f"--obs-map {pair!r} must be KEY=COLUMN, e.g. --obs-map tissue=tissue_type."
+            raise ConfigError(msg)
+        out[key.strip()] = column.strip()
+    return out or None
+
+
+PatientCol = Annotated[str | None, typer.Option(help="Patient column of the cells' metadata (default: the training one)")]
+SampleCol = Annotated[str | None, typer.Option(help="Sample column of the cells' metadata (default: the training one)")]
+Query = Annotated[
+    str | None, typer.Option(help="Samples to keep: a pandas query over the file's own columns ('' keeps all)")
+]
+ObsMap = Annotated[list[str] | None, typer.Option("--obs-map", help="Map a canonical column: KEY=COLUMN (repeatable)")]
+
+
 def predict(
     input_: Annotated[Path, typer.Argument(metavar="INPUT", help="h5ad/10x of raw counts, a patient x feature CSV, or a bulk table")],
     model: Annotated[str, typer.Option(help="Model URI, e.g. models:/anti-tnf-nonresponse@champion")],
     out: Annotated[Path, typer.Option("--out", "-o", help="CSV to write")] = Path("predictions.csv"),
-    patient_col: Annotated[str, typer.Option(help="Patient column in the cells' obs")] = "patient_id",
+    patient_col: PatientCol = None,
+    sample_col: SampleCol = None,
+    query: Query = None,
+    obs_map: ObsMap = None,
 ) -> None:
-    """Predict anti-TNF non-response for new patients (or bulk samples)."""
-    table = bm.predict(input_, model_uri=model, out=out, patient_col=patient_col)
-    head = table.iloc[:, :3].to_string(index=False, max_rows=20, float_format=lambda v: f"{v:.3f}")
+    """Predict anti-TNF non-response for new patients (or bulk samples), reading them as the training data was."""
+    table = bm.predict(
+        input_, model_uri=model, out=out, patient_col=patient_col, sample_col=sample_col, query=query,
+        obs_map=_obs_map(obs_map),
+    )  # fmt: skip
+    head = table.iloc[:, :5].to_string(index=False, max_rows=20, float_format=lambda v: f"{v:.3f}")
     typer.echo(head)
     typer.echo(f"{len(table)} rows -> {out}")
 
@@ -118,15 +146,26 @@ def ui(
 
 
 def features(
-    cohort: Annotated[Path, typer.Argument(help="h5ad (or 10x) of raw counts with patient_id and sample_id")],
+    cohort: Annotated[Path, typer.Argument(help="h5ad (or 10x) of raw counts")],
     out: Annotated[Path, typer.Option("--out", "-o", help="CSV to write")] = Path("features.csv"),
-    seed: Annotated[int, typer.Option(help="Seed")] = 0,
+    experiment: Annotated[
+        Path | None, typer.Option(help="Use this experiment's data, preprocess, signatures and features settings")
+    ] = None,
+    patient_col: PatientCol = None,
+    sample_col: SampleCol = None,
+    query: Query = None,
+    obs_map: ObsMap = None,
+    seed: Annotated[int | None, typer.Option(help="Seed (default: the experiment's, else 0)")] = None,
 ) -> None:
-    """Build the patient x feature table from raw-count cells."""
+    """Build the patient x feature table from raw-count cells (scoring reference fitted on this input)."""
     from biomarkers._atomic import write_csv
+    from biomarkers.features import features_from_file
 
-    adata = bm.read_cohort(cohort)
-    feats = bm.build_features(adata, seed=seed)
+    cfg = bm.load_config(experiment) if experiment is not None else None
+    feats = features_from_file(
+        cohort, config=cfg, patient_col=patient_col, sample_col=sample_col, query=query, obs_map=_obs_map(obs_map),
+        seed=seed,
+    )  # fmt: skip
     write_csv(feats.reset_index(), out)
     typer.echo(f"{feats.shape[0]} patients x {feats.shape[1]} features -> {out}")
 

@@ -41,7 +41,8 @@ class SampleStats:
     samples
         One row per sample (index ``sample_id``): ``patient_id``, ``n_cells_in``, ``n_cells_kept``, ``seconds``.
     labels
-        The distinct ``patient_id`` (and ``response``, when present) pairs seen, for labelling patients.
+        One row per sample seen: ``patient_id``, ``sample_id``, and ``response``, ``tissue``, ``timepoint``,
+        ``inflamed`` where present, for labelling patients and checking their samples agree.
     coverage
         Gene coverage of each scored set in the first sample (see :meth:`FeaturePipeline.check_genes`).
     seconds
@@ -95,8 +96,10 @@ def _process(pipe: FeaturePipeline, adata: AnnData, *, coverage: bool = False) -
         }
     )
     samples.index.name = keys.SAMPLE
-    label_cols = [keys.PATIENT, *([keys.RESPONSE] if keys.RESPONSE in adata.obs else [])]
-    labels = adata.obs[label_cols].drop_duplicates().reset_index(drop=True)
+    # One row per sample: its patient, label and the attributes (tissue, timepoint, inflamed) that the mixed-sample
+    # check reads.
+    extra = [c for c in (keys.RESPONSE, keys.TISSUE, keys.TIMEPOINT, keys.INFLAMED) if c in adata.obs]
+    labels = adata.obs[[keys.PATIENT, keys.SAMPLE, *extra]].drop_duplicates().reset_index(drop=True)
     return _Part(stats=stats, samples=samples, labels=labels, coverage=report)
 
 

@@ -37,6 +37,8 @@ READ_KWARGS = frozenset(
         "sample_sheet",
         "gene_map",
         "allow_non_integer",
+        "query",
+        "clinical",
     }
 )
 
@@ -202,8 +204,9 @@ class WholeFile:
         return iter_samples(self.path, **self.read_kwargs)
 
 
-def _label_spec(read_kwargs: Mapping[str, Any]) -> tuple[dict[str, str], Any]:
+def _label_spec(read_kwargs: Mapping[str, Any]) -> tuple[dict[str, str], Any, Any]:
     from biomarkers.io._obs import LabelSpec, resolve_obs_map
+    from biomarkers.io._read import obs_rules
 
     mapping = resolve_obs_map(
         read_kwargs.get("obs_map"),
@@ -217,7 +220,7 @@ def _label_spec(read_kwargs: Mapping[str, Any]) -> tuple[dict[str, str], Any]:
         negative=read_kwargs.get("negative_label"),
     )
     labels.positive_label()
-    return mapping, labels
+    return mapping, labels, obs_rules(read_kwargs.get("query"), read_kwargs.get("clinical"))
 
 
 def h5ad_refs(path: Path, read_kwargs: Mapping[str, Any]) -> tuple[list[H5adSample], pd.DataFrame]:
@@ -226,21 +229,25 @@ def h5ad_refs(path: Path, read_kwargs: Mapping[str, Any]) -> tuple[list[H5adSamp
     import h5py
 
     from biomarkers.io._common import canonical_var
-    from biomarkers.io._h5ad import _CANDIDATES, _canonical_obs, _probe_source
+    from biomarkers.io._h5ad import _CANDIDATES, _canonical_obs, _check_cells, _probe_source
 
-    mapping, labels = _label_spec(read_kwargs)
+    mapping, labels, rules = _label_spec(read_kwargs)
     allow = bool(read_kwargs.get("allow_non_integer", False))
     source = path.name
     with h5py.File(path, "r") as f:
+        obs = ad.io.read_elem(f["obs"])
+        _check_cells(len(obs), source=source)  # before probing: there are no rows to probe
         label, key, var_key = _CANDIDATES[_probe_source(f, source=source, allow_non_integer=allow)]
-        obs = _canonical_obs(ad.io.read_elem(f["obs"]), mapping=mapping, labels=labels, source=source)
+        keep = rules.select(obs, source=source)
+        file_rows = np.arange(len(obs)) if keep is None else np.flatnonzero(keep)
+        obs = _canonical_obs(obs.iloc[file_rows], mapping=mapping, labels=labels, source=source, rules=rules)
         var = canonical_var(ad.io.read_elem(f[var_key]), gene_map=read_kwargs.get("gene_map"), source=source)
     sample_of = obs[keys.SAMPLE].astype(str).to_numpy()
     positions = pd.Series(np.arange(len(obs))).groupby(sample_of).indices
     refs = []
     for sample in pd.unique(sample_of):
         idx = np.sort(positions[sample])
-        refs.append(H5adSample(str(path), key, label, str(sample), idx, obs.iloc[idx].copy(), allow))
+        refs.append(H5adSample(str(path), key, label, str(sample), file_rows[idx], obs.iloc[idx].copy(), allow))
     return refs, var
 
 
@@ -248,14 +255,20 @@ def tenx_refs(path: Path, read_kwargs: Mapping[str, Any]) -> list[TenxLibrary]:
     """One reference per library of a 10x series folder."""
     from biomarkers.io._tenx import find_series_samples, sample_metadata
 
-    mapping, labels = _label_spec(read_kwargs)
+    mapping, labels, rules = _label_spec(read_kwargs)
     samples = find_series_samples(path)
     if not samples:
         msg = f"No 10x libraries found in {path} (mtx triplets, .h5 files, or one sub-folder per sample)."
         raise DataSchemaError(msg)
     meta = sample_metadata(
-        samples, source=path, mapping=mapping, sample_sheet=read_kwargs.get("sample_sheet"), labels=labels
+        samples,
+        source=path,
+        mapping=mapping,
+        sample_sheet=read_kwargs.get("sample_sheet"),
+        labels=labels,
+        rules=rules,
     )
+    samples = [s for s in samples if s.sample_id in meta.index]  # data.query may drop libraries
     return [
         TenxLibrary(
             s,

@@ -141,6 +141,10 @@ def load_config(path: str | Path, *, overrides: list[str] | None = None) -> Expe
     base = path.resolve().parent
     if cfg.data.path is not None and not cfg.data.path.is_absolute():
         cfg.data.path = (base / cfg.data.path).resolve()
+    if cfg.data.labels is not None and not cfg.data.labels.is_absolute():
+        cfg.data.labels = (base / cfg.data.labels).resolve()
+    if cfg.preprocess.annotation_map is not None and not cfg.preprocess.annotation_map.is_absolute():
+        cfg.preprocess.annotation_map = (base / cfg.preprocess.annotation_map).resolve()
     cfg.signature_files = [p if p.is_absolute() else (base / p).resolve() for p in cfg.signature_files]
     return cfg
 

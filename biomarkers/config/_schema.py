@@ -36,6 +36,9 @@ class DataSpec(_Strict):
     negative_label: str | None = "responder"
     obs_map: dict[str, str] = Field(default_factory=dict)
     label_map: dict[str, str] = Field(default_factory=dict)
+    query: str | None = None
+    labels: Path | None = None
+    allow_mixed_samples: bool = False
 
 
 class PreprocessSpec(_Strict):

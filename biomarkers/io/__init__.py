@@ -8,5 +8,15 @@ from __future__ import annotations
 
 from ._fetch import fetch_dataset, list_datasets
 from ._read import detect_kind, iter_samples, read_cohort
+from ._spec import ReadSpec, check_sample_mix, sample_table
 
-__all__ = ["detect_kind", "fetch_dataset", "iter_samples", "list_datasets", "read_cohort"]
+__all__ = [
+    "ReadSpec",
+    "check_sample_mix",
+    "detect_kind",
+    "fetch_dataset",
+    "iter_samples",
+    "list_datasets",
+    "read_cohort",
+    "sample_table",
+]

@@ -38,7 +38,7 @@ from ._common import (
     symbols_from_ids,
     table_separator,
 )
-from ._obs import LabelSpec, apply_obs_map, finalize_obs, join_sample_sheet, load_sample_sheet
+from ._obs import NO_RULES, LabelSpec, ObsRules, apply_obs_map, finalize_obs, join_sample_sheet, load_sample_sheet
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -274,6 +274,7 @@ def read_bulk_table(
     gene_map: Mapping[str, str] | None,
     params: Mapping[str, Any],
     metadata_cols: Sequence[str] | None = None,
+    rules: ObsRules = NO_RULES,
 ) -> AnnData:
     """Read a bulk CSV/TSV into AnnData (obs = samples, X = log-scale expression).
 
@@ -328,7 +329,11 @@ def read_bulk_table(
         meta = meta.join(extra.drop(columns=[c for c in extra.columns if c in meta.columns]))
     if _keys.SAMPLE not in meta.columns and _keys.SAMPLE not in mapping:
         meta[_keys.SAMPLE] = meta.index.to_numpy()
-    obs = apply_obs_map(meta, mapping, source=source)
+    keep = rules.select(meta, source=source)
+    if keep is not None:
+        meta, expr = meta.loc[keep], expr.loc[keep]
+    obs = apply_obs_map(meta, rules.obs_part(mapping, meta.columns), source=source)
+    obs = rules.join(obs, mapping, labels=labels, source=source)
     obs = finalize_obs(
         obs, source=source, labels=labels, patient_from_sample=True, label_required=_keys.RESPONSE in mapping
     )

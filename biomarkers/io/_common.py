@@ -39,6 +39,7 @@ CANONICAL_OBS: tuple[str, ...] = (
     _keys.BATCH,
     _keys.TISSUE,
     _keys.INFLAMED,
+    _keys.TIMEPOINT,
     _keys.SEVERITY,
     _keys.CELL_TYPE,
 )

@@ -27,7 +27,7 @@ REGISTRY_FILE = "registry.yaml"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _HASH_RE = re.compile(r"^(sha256|sha1|md5|xxh64|xxh128):[0-9a-f]+$")
 _ARCHIVE_SUFFIXES = {"tar": (".tar.gz", ".tgz", ".tar"), "zip": (".zip",)}
-_FIELDS = {"description", "url", "filename", "size", "hash", "unpack", "kind", "reference"}
+_FIELDS = {"description", "url", "filename", "size", "hash", "unpack", "kind", "reference", "baseline"}
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ class Dataset:
     unpack: str | None
     kind: str | None
     reference: str | None
+    baseline: str | None = None
 
     def path(self, root: Path) -> Path:
         """Where the fetched data live: the file, or the folder it unpacks to."""
@@ -94,6 +95,7 @@ def _entry(name: str, raw: Any, source: str) -> Dataset:
         unpack=unpack,
         kind=raw.get("kind"),
         reference=raw.get("reference"),
+        baseline=raw.get("baseline"),
     )
 
 
@@ -166,7 +168,8 @@ def list_datasets(*, data_dir: str | Path | None = None, registry: str | Path | 
     -------
     One row per data set: ``name``, ``description``, ``url``, ``size`` (human-readable),
     ``size_bytes`` (nullable int), ``verified`` (a checksum is recorded), ``cached`` (present in the
-    cache; not re-hashed), ``path`` (where it is or will be), ``kind`` (how to read it).
+    cache; not re-hashed), ``path`` (where it is or will be), ``kind`` (how to read it), ``baseline`` (the
+    sample selection, ``data.query``, that gives a fair pre-treatment cohort, where it applies).
 
     Examples
     --------
@@ -187,6 +190,7 @@ def list_datasets(*, data_dir: str | Path | None = None, registry: str | Path | 
             "cached": _is_cached(d, root),
             "path": str(d.path(root)),
             "kind": d.kind,
+            "baseline": d.baseline,
         }
         for d in load_registry(registry).values()
     ]

@@ -34,7 +34,7 @@ from ._common import (
     read_delimited,
     record_provenance,
 )
-from ._obs import LabelSpec, apply_obs_map, finalize_obs, join_sample_sheet, load_sample_sheet
+from ._obs import NO_RULES, LabelSpec, ObsRules, apply_obs_map, finalize_obs, join_sample_sheet, load_sample_sheet
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -197,6 +197,7 @@ def read_series_matrix(
     labels: LabelSpec,
     gene_map: Mapping[str, str] | None,
     params: Mapping[str, Any],
+    rules: ObsRules = NO_RULES,
 ) -> AnnData:
     """Read a GEO series matrix into bulk AnnData (obs = GSM samples with their characteristics)."""
     source = path.name
@@ -245,7 +246,11 @@ def read_series_matrix(
         meta = meta.join(extra.drop(columns=[c for c in extra.columns if c in meta.columns]))
     meta[_keys.SAMPLE] = meta.index.to_numpy()
     logger.info("read_cohort: %s sample metadata columns: %s", source, preview(meta.columns, 20))
-    obs = apply_obs_map(meta, mapping, source=source)
+    keep = rules.select(meta, source=source)
+    if keep is not None:
+        meta, expr = meta.loc[keep], expr.loc[keep]
+    obs = apply_obs_map(meta, rules.obs_part(mapping, meta.columns), source=source)
+    obs = rules.join(obs, mapping, labels=labels, source=source)
     obs = finalize_obs(
         obs, source=source, labels=labels, patient_from_sample=True, label_required=_keys.RESPONSE in mapping
     )

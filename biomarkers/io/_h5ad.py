@@ -28,7 +28,7 @@ from ._common import (
     record_provenance,
     unique_obs_names,
 )
-from ._obs import LabelSpec, apply_obs_map, finalize_obs
+from ._obs import NO_RULES, LabelSpec, ObsRules, apply_obs_map, finalize_obs
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -99,8 +99,11 @@ def _check_cells(n_cells: int, *, source: str) -> None:
         raise DataSchemaError(msg)
 
 
-def _canonical_obs(obs: pd.DataFrame, *, mapping: Mapping[str, str], labels: LabelSpec, source: str) -> pd.DataFrame:
-    obs = apply_obs_map(obs, mapping, source=source)
+def _canonical_obs(
+    obs: pd.DataFrame, *, mapping: Mapping[str, str], labels: LabelSpec, source: str, rules: ObsRules = NO_RULES
+) -> pd.DataFrame:
+    obs = apply_obs_map(obs, rules.obs_part(mapping, obs.columns), source=source)
+    obs = rules.join(obs, mapping, labels=labels, source=source)
     return finalize_obs(
         obs, source=source, labels=labels, patient_from_sample=False, label_required=_keys.RESPONSE in mapping
     )
@@ -115,19 +118,56 @@ def read_h5ad_cohort(
     allow_non_integer: bool,
     backed: str | None,
     params: Mapping[str, Any],
+    rules: ObsRules = NO_RULES,
 ) -> AnnData:
     """Read an h5ad into canonical AnnData (in memory), or canonicalise obs/var of a backed view."""
     import anndata as ad
 
     source = path.name
     if backed is not None:
+        if rules.active:
+            msg = (
+                "data.query / data.labels are applied while streaming or reading into memory, not to a backed view. "
+                "Use iter_samples(...) (or read without backed='r')."
+            )
+            raise DataSchemaError(msg)
         return _read_backed(path, mapping=mapping, labels=labels, gene_map=gene_map, params=params)
     try:
         with duplicate_names_ok():
             adata = ad.read_h5ad(path)
     except (OSError, KeyError, ValueError, TypeError) as err:
         raise _read_error(path, err) from err
+    out = canonical_anndata(
+        adata, mapping=mapping, labels=labels, gene_map=gene_map, allow_non_integer=allow_non_integer, rules=rules,
+        source=source,
+    )  # fmt: skip
+    record_provenance(
+        out, modality=MODALITY_SC, fmt="h5ad", params=params, source=str(path),
+        counts_source=out.uns.pop("_counts_source"),
+    )  # fmt: skip
+    return out
+
+
+def canonical_anndata(
+    adata: AnnData,
+    *,
+    mapping: Mapping[str, str],
+    labels: LabelSpec,
+    gene_map: Mapping[str, str] | None,
+    allow_non_integer: bool,
+    rules: ObsRules = NO_RULES,
+    source: str = "the AnnData",
+) -> AnnData:
+    """Canonicalise an in-memory AnnData as ``read_cohort`` does an h5ad: rows kept, counts found, obs and var mapped.
+
+    ``uns['_counts_source']`` names where the counts were found (popped by the caller).
+    """
+    import anndata as ad
+
     _check_cells(adata.n_obs, source=source)
+    keep = rules.select(adata.obs, source=source)
+    if keep is not None:
+        adata = adata[keep].copy()
     layer = adata.layers.get(_keys.COUNTS)
     raw = adata.raw.X if adata.raw is not None else None
     choice = pick_counts(
@@ -139,7 +179,7 @@ def read_h5ad_cohort(
         choice
     ]
     where = _CANDIDATES[choice][0]
-    obs = _canonical_obs(adata.obs, mapping=mapping, labels=labels, source=source)
+    obs = _canonical_obs(adata.obs, mapping=mapping, labels=labels, source=source, rules=rules)
     var = canonical_var(var, gene_map=gene_map, source=source)
     counts = as_counts(matrix)
     uns = {k: v for k, v in adata.uns.items() if k not in _STALE_UNS}
@@ -147,7 +187,7 @@ def read_h5ad_cohort(
         out = ad.AnnData(X=counts, obs=obs, var=var, obsm=dict(adata.obsm.items()), uns=uns)
     out.layers[_keys.COUNTS] = counts.copy()
     unique_obs_names(out, source=source)
-    record_provenance(out, modality=MODALITY_SC, fmt="h5ad", params=params, source=str(path), counts_source=where)
+    out.uns["_counts_source"] = where
     logger.info("read_cohort: %s -> %d cells x %d genes (counts from %s)", source, *out.shape, where)
     return out
 
@@ -224,6 +264,7 @@ def iter_h5ad_samples(
     gene_map: Mapping[str, str] | None,
     allow_non_integer: bool,
     params: Mapping[str, Any],
+    rules: ObsRules = NO_RULES,
 ) -> Iterator[AnnData]:
     """Yield one canonical in-memory AnnData per sample, reading only that sample's rows from disk."""
     import anndata as ad
@@ -239,7 +280,9 @@ def iter_h5ad_samples(
         _check_cells(len(obs), source=source)  # before probing: there are no rows to probe
         choice = _probe_source(f, source=source, allow_non_integer=allow_non_integer)
         label, key, var_key = _CANDIDATES[choice]
-        obs = _canonical_obs(obs, mapping=mapping, labels=labels, source=source)
+        keep = rules.select(obs, source=source)
+        file_rows = np.arange(len(obs)) if keep is None else np.flatnonzero(keep)
+        obs = _canonical_obs(obs.iloc[file_rows], mapping=mapping, labels=labels, source=source, rules=rules)
         var = canonical_var(ad.io.read_elem(f[var_key]), gene_map=gene_map, source=source)
         elem = f[key]
         if not isinstance(elem, h5py.Dataset) and elem.attrs.get("encoding-type") == "csc_matrix":
@@ -248,7 +291,7 @@ def iter_h5ad_samples(
         positions = pd.Series(np.arange(len(obs))).groupby(obs[_keys.SAMPLE].astype(str).to_numpy()).indices
         for sample in samples:
             idx = np.sort(positions[sample])
-            rows = _read_rows(elem, idx)
+            rows = _read_rows(elem, file_rows[idx])
             check_counts(rows, what=label, source=f"{source} [{sample}]", allow_non_integer=allow_non_integer)
             sample_obs = obs.iloc[idx].copy()
             if not sample_obs.index.is_unique:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from biomarkers import _keys
@@ -385,3 +386,149 @@ def join_sample_sheet(
     if extra:
         logger.info("read_cohort: %d rows of %s match no sample on disk; ignored", extra, sheet_name)
     return rows.set_index("_sample").reindex(sample_ids)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# sample selection (data.query) and clinical tables (data.labels)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ObsRules:
+    """Which rows of a file to keep, and a clinical table to join to them, applied by every reader.
+
+    Attributes
+    ----------
+    query
+        A pandas query over the file's own metadata column names (before ``obs_map``), e.g.
+        ``"timepoint == 'baseline' and tissue == 'ileum'"``; rows it does not keep are never read.
+    clinical
+        A patient (or sample) table: its key column is the file's patient column, or its sample column when it has
+        one; its other columns (the label, age, sex, severity, ...) are joined to the metadata.
+    clinical_name
+        The table's name, for messages.
+    """
+
+    query: str | None = None
+    clinical: pd.DataFrame | None = None
+    clinical_name: str = "the clinical table"
+
+    @property
+    def active(self) -> bool:
+        """Whether there is anything to apply."""
+        return bool(self.query) or self.clinical is not None
+
+    def select(self, meta: pd.DataFrame, *, source: str) -> np.ndarray | None:
+        """Boolean mask of the rows `query` keeps (None: no query)."""
+        if not self.query:
+            return None
+        try:
+            keep = meta.eval(self.query, engine="python")
+        except (NameError, KeyError) as err:  # pandas' UndefinedVariableError is a NameError
+            name = str(err).split("'")[1] if "'" in str(err) else str(err)
+            msg = (
+                f"data.query {self.query!r} names column {name!r}, which is not in the metadata of {source} "
+                f"(have: {preview(meta.columns, 12)}). Use the file's own column names (the query runs before obs_map)."
+            )
+            raise DataSchemaError(msg) from None
+        except (SyntaxError, ValueError, TypeError) as err:
+            msg = f"data.query {self.query!r} is not a valid pandas query on {source}: {str(err).splitlines()[0]}. Fix data.query."
+            raise DataSchemaError(msg) from None
+        keep = np.asarray(keep)
+        if keep.dtype != bool or keep.shape != (len(meta),):
+            msg = f"data.query {self.query!r} must give True/False per row of {source}; found {keep.dtype}. Fix data.query."
+            raise DataSchemaError(msg)
+        logger.info("read_cohort: data.query keeps %d of %d rows of %s", int(keep.sum()), len(meta), source)
+        if not keep.any():
+            msg = f"data.query {self.query!r} keeps 0 of {len(meta)} rows of {source}. Check the values it compares with."
+            raise DataSchemaError(msg)
+        return keep
+
+    def obs_part(self, mapping: Mapping[str, str], columns: Any) -> dict[str, str]:
+        """Return the mapping entries the file's own metadata must satisfy (the clinical table supplies the rest)."""
+        if self.clinical is None:
+            return dict(mapping)
+        present, supplied = set(columns), set(self.clinical.columns)
+        return {c: col for c, col in mapping.items() if col in present or col not in supplied}
+
+    def join(self, obs: pd.DataFrame, mapping: Mapping[str, str], *, labels: LabelSpec, source: str) -> pd.DataFrame:
+        """Join the clinical table to already-renamed `obs` (canonical patient / sample columns present)."""
+        if self.clinical is None:
+            return obs
+        table = self.clinical.copy()
+        name = self.clinical_name
+        sample_src, patient_src = mapping.get(_keys.SAMPLE, _keys.SAMPLE), mapping.get(_keys.PATIENT, _keys.PATIENT)
+        if sample_src in table.columns and _keys.SAMPLE in obs.columns:
+            key_src, key = sample_src, _keys.SAMPLE
+        elif patient_src in table.columns and _keys.PATIENT in obs.columns:
+            key_src, key = patient_src, _keys.PATIENT
+        else:
+            msg = (
+                f"{name} has neither the patient column {patient_src!r} nor the sample column {sample_src!r} "
+                f"(have: {preview(table.columns, 10)}). Name its id column like data.patient_col or data.sample_col."
+            )
+            raise DataSchemaError(msg)
+        ids = table[key_src].astype(str).str.strip()
+        if ids.duplicated().any():
+            msg = f"{name} has several rows for {key_src} {preview(ids[ids.duplicated()].unique(), 4)}. Keep one row each."
+            raise DataSchemaError(msg)
+        renamed = {src: canonical for canonical, src in mapping.items() if src in table.columns and src != key_src}
+        table = table.drop(columns=[key_src]).rename(columns=renamed)
+        table.index = pd.Index(ids)
+        have = obs[key].astype(str)
+        matched = have.isin(table.index)
+        unique_have = pd.unique(have)
+        n_matched = int(pd.Series(unique_have).isin(table.index).sum())
+        unmatched = [v for v in unique_have if v not in table.index]
+        if n_matched == 0:
+            msg = (
+                f"No {key_src} of {source} is in {name}: 0 of {len(unique_have)} matched (e.g. {preview(unique_have, 3)} "
+                f"vs the table's {preview(table.index, 3)}). Check that both use the same ids."
+            )
+            raise DataSchemaError(msg)
+        if unmatched:
+            logger.warning(
+                "%s: %d of %d %s values of %s have no row (e.g. %s); they get no clinical values or label",
+                name, len(unmatched), len(unique_have), key_src, source, preview(unmatched, 3),
+            )  # fmt: skip
+        obs = obs.copy()
+        rows = table.reindex(have.to_numpy())
+        rows.index = obs.index
+        for column in table.columns:
+            incoming = rows[column]
+            if column not in obs.columns:
+                obs[column] = incoming.to_numpy()
+                continue
+            both = obs[column].notna() & incoming.notna() & matched.to_numpy()
+            if column == _keys.RESPONSE:
+                left = obs.loc[both, column].map(lambda v: labels.canonical(v)[1])
+                right = incoming[both].map(lambda v: labels.canonical(v)[1])
+            else:
+                left, right = obs.loc[both, column].astype(str), incoming[both].astype(str)
+            bad = left != right
+            if bad.any():
+                i = bad.idxmax()
+                msg = (
+                    f"Column {column!r} disagrees between {source} and {name} for {key_src} {have[i]!r} "
+                    f"({obs.loc[i, column]!r} vs {incoming[i]!r}). Fix one of them, or drop the column from one."
+                )
+                raise DataSchemaError(msg)
+            obs[column] = obs[column].astype(object).where(obs[column].notna(), incoming.astype(object))
+        logger.info("read_cohort: %s joined on %s: %d of %d matched", name, key_src, n_matched, len(unique_have))
+        return obs
+
+
+NO_RULES = ObsRules()
+
+
+def load_clinical(path: str | Path) -> tuple[pd.DataFrame, str]:
+    """Read a clinical CSV/TSV (all columns as text, numbers converted back) and its display name."""
+    path = Path(path)
+    if not path.exists():
+        msg = f"Clinical table not found: {path} (resolved from {Path.cwd()}). Check data.labels in the experiment config."
+        raise DataSchemaError(msg)
+    table = read_delimited(path)
+    if table.empty:
+        msg = f"Clinical table {path} has no rows. Give one row per patient (or sample)."
+        raise DataSchemaError(msg)
+    return table, path.name

@@ -12,7 +12,7 @@ from ._bulk import read_bulk_table
 from ._common import IO_STEP, missing_path_error, preview
 from ._geo import is_series_matrix, read_series_matrix
 from ._h5ad import iter_h5ad_samples, read_h5ad_cohort
-from ._obs import LabelSpec, resolve_obs_map
+from ._obs import LabelSpec, ObsRules, load_clinical, resolve_obs_map
 from ._tenx import _CELLRANGER_NAMES, find_series_samples, iter_tenx, mtx_prefixes, read_tenx
 
 if TYPE_CHECKING:
@@ -155,6 +155,9 @@ def read_cohort(
     orientation: Literal["samples_x_genes", "genes_x_samples"] | None = None,
     backed: Literal["r"] | None = None,
     allow_non_integer: bool = False,
+    query: str | None = None,
+    clinical: str | Path | pd.DataFrame | None = None,
+    metadata_cols: list[str] | None = None,
 ) -> AnnData:
     """Read a public or private cohort into the canonical AnnData.
 
@@ -202,6 +205,17 @@ def read_cohort(
         see ``uns['bm']['io']['counts_source']``). Use :func:`iter_samples` to stream canonical counts.
     allow_non_integer
         Single-cell only: accept non-integer "counts" (e.g. depth-scaled) with a warning.
+    query
+        Rows to keep: a pandas query over the input's own metadata column names (before `obs_map`), e.g.
+        ``"timepoint == 'baseline' and tissue == 'ileum'"``. For h5ad it runs on the cells' obs, for 10x series
+        on the sample sheet, for bulk tables on the sample metadata. A column it names that is absent raises.
+    clinical
+        A clinical CSV/TSV (or DataFrame) with one row per patient, keyed by the patient column (or per sample,
+        keyed by the sample column when it has that column). Its columns (the label, age, severity, ...) are
+        joined to the metadata, through the same `obs_map`; where both carry a column, they must agree.
+    metadata_cols
+        Bulk tables only: numeric columns that are sample metadata, not genes (besides the mapped columns and
+        the common clinical names such as Age or CRP, which are recognised).
 
     Returns
     -------
@@ -243,7 +257,8 @@ def read_cohort(
     mapping = resolve_obs_map(obs_map, patient_col=patient_col, sample_col=sample_col, label_col=label_col)
     labels = LabelSpec(label_map=dict(label_map or {}), positive=positive_label, negative=negative_label)
     positive = labels.positive_label()
-    _check_options(fmt, probe_map=probe_map, orientation=orientation, backed=backed)
+    rules = obs_rules(query, clinical)
+    _check_options(fmt, probe_map=probe_map, orientation=orientation, backed=backed, metadata_cols=metadata_cols)
     params = {
         "path": str(path),
         "kind": fmt,
@@ -256,6 +271,8 @@ def read_cohort(
         "orientation": orientation,
         "backed": backed,
         "allow_non_integer": allow_non_integer,
+        "query": query,
+        "clinical": rules.clinical_name if rules.clinical is not None else None,
     }
     if fmt == "h5ad":
         adata = read_h5ad_cohort(
@@ -266,6 +283,7 @@ def read_cohort(
             allow_non_integer=allow_non_integer,
             backed=backed,
             params=params,
+            rules=rules,
         )
     elif fmt in SINGLE_CELL_KINDS:
         adata = read_tenx(
@@ -277,6 +295,7 @@ def read_cohort(
             gene_map=gene_map,
             allow_non_integer=allow_non_integer,
             params=params,
+            rules=rules,
         )
     elif fmt == "bulk_table":
         adata = read_bulk_table(
@@ -287,6 +306,8 @@ def read_cohort(
             labels=labels,
             gene_map=gene_map,
             params=params,
+            rules=rules,
+            metadata_cols=metadata_cols,
         )
     else:
         adata = read_series_matrix(
@@ -297,18 +318,32 @@ def read_cohort(
             labels=labels,
             gene_map=gene_map,
             params=params,
+            rules=rules,
         )
     if positive is not None:
         adata.uns[_keys.BM][IO_STEP]["positive_label"] = positive
     return adata
 
 
-def _check_options(fmt: str, *, probe_map: Any, orientation: Any, backed: Any) -> None:
+def obs_rules(query: str | None, clinical: str | Path | pd.DataFrame | None) -> ObsRules:
+    """Build the sample selection and clinical table of a read (the table loaded)."""
+    if clinical is None:
+        return ObsRules(query=query or None)
+    if hasattr(clinical, "columns"):
+        return ObsRules(query=query or None, clinical=clinical, clinical_name="the clinical table")  # type: ignore[arg-type]
+    table, name = load_clinical(clinical)  # type: ignore[arg-type]
+    return ObsRules(query=query or None, clinical=table, clinical_name=name)
+
+
+def _check_options(fmt: str, *, probe_map: Any, orientation: Any, backed: Any, metadata_cols: Any = None) -> None:
     if probe_map is not None and fmt != "geo_series_matrix":
         msg = f"probe_map applies to geo_series_matrix inputs, not {fmt}; use gene_map to rename genes."
         raise ConfigError(msg)
     if orientation is not None and fmt != "bulk_table":
         msg = f"orientation applies to bulk_table inputs, not {fmt}."
+        raise ConfigError(msg)
+    if metadata_cols is not None and fmt != "bulk_table":
+        msg = f"metadata_cols applies to bulk_table inputs, not {fmt}."
         raise ConfigError(msg)
     if backed is not None and (fmt != "h5ad" or backed != "r"):
         msg = f"backed='r' is supported for h5ad inputs only (got backed={backed!r} for {fmt})."
@@ -329,6 +364,8 @@ def iter_samples(
     sample_sheet: str | Path | pd.DataFrame | None = None,
     gene_map: Mapping[str, str] | None = None,
     allow_non_integer: bool = False,
+    query: str | None = None,
+    clinical: str | Path | pd.DataFrame | None = None,
 ) -> Iterator[AnnData]:
     """Stream a single-cell cohort one sample at a time, as canonical in-memory AnnData.
 
@@ -367,7 +404,14 @@ def iter_samples(
     mapping = resolve_obs_map(obs_map, patient_col=patient_col, sample_col=sample_col, label_col=label_col)
     labels = LabelSpec(label_map=dict(label_map or {}), positive=positive_label, negative=negative_label)
     labels.positive_label()
-    params = {"path": str(path), "kind": fmt, "obs_map": mapping, "allow_non_integer": allow_non_integer}
+    rules = obs_rules(query, clinical)
+    params = {
+        "path": str(path),
+        "kind": fmt,
+        "obs_map": mapping,
+        "allow_non_integer": allow_non_integer,
+        "query": query,
+    }
     if fmt == "h5ad":
         return iter_h5ad_samples(
             path,
@@ -376,6 +420,7 @@ def iter_samples(
             gene_map=gene_map,
             allow_non_integer=allow_non_integer,
             params=params,
+            rules=rules,
         )
     return iter_tenx(
         path,
@@ -386,4 +431,5 @@ def iter_samples(
         gene_map=gene_map,
         allow_non_integer=allow_non_integer,
         params=params,
+        rules=rules,
     )

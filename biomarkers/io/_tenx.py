@@ -28,7 +28,7 @@ from ._common import (
     preview,
     record_provenance,
 )
-from ._obs import LabelSpec, apply_obs_map, finalize_obs, join_sample_sheet, load_sample_sheet
+from ._obs import NO_RULES, LabelSpec, ObsRules, apply_obs_map, finalize_obs, join_sample_sheet, load_sample_sheet
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -238,12 +238,14 @@ def sample_metadata(
     mapping: Mapping[str, str],
     sample_sheet: str | Path | pd.DataFrame | None,
     labels: LabelSpec,
+    rules: ObsRules = NO_RULES,
 ) -> pd.DataFrame:
     """One canonical metadata row per sample (index = sample_id), from an optional sample sheet.
 
     ``sample_sheet`` defaults to ``sample_sheet.csv|tsv`` or ``samples.csv|tsv`` inside a series
     folder. `mapping` maps canonical names to sheet columns; its ``sample_id`` entry names the sheet's
-    key column (sample IDs themselves always come from the file names).
+    key column (sample IDs themselves always come from the file names). ``rules.query`` runs on the
+    sheet's own columns: samples it drops are not read.
     """
     sample_ids = [s.sample_id for s in samples]
     mapping = dict(mapping)
@@ -257,8 +259,13 @@ def sample_metadata(
     else:
         meta = pd.DataFrame(index=pd.Index(sample_ids))
         sheet_name = source.name
-    meta = apply_obs_map(meta.drop(columns=[_keys.SAMPLE], errors="ignore"), mapping, source=sheet_name)
+    keep = rules.select(meta, source=sheet_name)
+    if keep is not None:
+        meta = meta.loc[keep]
+    meta = meta.drop(columns=[_keys.SAMPLE], errors="ignore")
+    meta = apply_obs_map(meta, rules.obs_part(mapping, meta.columns), source=sheet_name)
     meta[_keys.SAMPLE] = meta.index.to_numpy()
+    meta = rules.join(meta, {**mapping, _keys.SAMPLE: key_col or _keys.SAMPLE}, labels=labels, source=sheet_name)
     return finalize_obs(
         meta,
         source=sheet_name,
@@ -318,6 +325,7 @@ def iter_tenx(
     gene_map: Mapping[str, str] | None,
     allow_non_integer: bool,
     params: Mapping[str, Any],
+    rules: ObsRules = NO_RULES,
 ) -> Iterator[AnnData]:
     """Yield one canonical AnnData per library of a 10x file, directory or GEO series folder."""
     if fmt == "geo_10x_series":
@@ -333,9 +341,13 @@ def iter_tenx(
             msg = f"No 10x mtx triplet in {path} (need matrix.mtx(.gz), barcodes.tsv(.gz), features/genes.tsv(.gz))."
             raise DataSchemaError(msg)
         samples = [found]
-    meta = sample_metadata(samples, source=path, mapping=mapping, sample_sheet=sample_sheet, labels=labels)
+    meta = sample_metadata(
+        samples, source=path, mapping=mapping, sample_sheet=sample_sheet, labels=labels, rules=rules
+    )
     prefix = len(samples) > 1
     for sample in samples:
+        if sample.sample_id not in meta.index:  # dropped by data.query
+            continue
         raw = read_library(sample)
         adata = canonical_library(
             raw,
@@ -363,6 +375,7 @@ def read_tenx(
     gene_map: Mapping[str, str] | None,
     allow_non_integer: bool,
     params: Mapping[str, Any],
+    rules: ObsRules = NO_RULES,
 ) -> AnnData:
     """Read all libraries and concatenate them (outer join on genes, missing genes = 0 counts)."""
     import anndata as ad
@@ -377,6 +390,7 @@ def read_tenx(
             gene_map=gene_map,
             allow_non_integer=allow_non_integer,
             params=params,
+            rules=rules,
         )
     )
     if len(parts) == 1:

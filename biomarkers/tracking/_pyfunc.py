@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger("biomarkers")
 
 OUTPUT_COLUMNS = ("p_non_response", "prediction")
+QC_COLUMNS = (K.N_CELLS, K.N_SAMPLES)  # what predict used per patient, reported whether or not they are features
+# 2: the feature pipeline carries a frozen scoring reference, and the model carries the reader settings.
+# Version-1 models (v0.1) scored each sample against itself and read new files with default columns only.
+FORMAT_VERSION = 2
 
 
 class BiomarkerModel(PythonModel):
@@ -49,6 +53,8 @@ class BiomarkerModel(PythonModel):
         Bulk feature settings (gene sets, genes, standardisation) for bulk models.
     metadata
         Free-form provenance (experiment, CV metrics).
+    read_spec
+        :meth:`biomarkers.io.ReadSpec.to_dict` of the training data: ``predict`` reads new files the same way.
     """
 
     def __init__(
@@ -62,6 +68,7 @@ class BiomarkerModel(PythonModel):
         min_coverage: float = 0.9,
         bulk: dict[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
+        read_spec: dict[str, Any] | None = None,
     ) -> None:
         self.estimator = estimator
         self.features = list(features)
@@ -71,6 +78,19 @@ class BiomarkerModel(PythonModel):
         self.min_coverage = float(min_coverage)
         self.bulk = bulk
         self.metadata = metadata or {}
+        self.read_spec = read_spec or {}
+        self.format_version = FORMAT_VERSION
+
+    def check_format(self) -> None:
+        """Raise :class:`FeatureMismatchError` for a model whose stored format cannot rebuild features from cells."""
+        version = getattr(self, "format_version", 1)  # attribute absent in models pickled before versioning
+        if version < FORMAT_VERSION:
+            msg = (
+                f"This model was registered in format {version} (biomarkers 0.1), which scored each sample against "
+                f"itself and did not store its reader settings; the current format is {FORMAT_VERSION}. Retrain it "
+                "with `biomarkers run EXPERIMENT.yaml` (a patient x feature table still predicts)."
+            )
+            raise FeatureMismatchError(msg)
 
     # -- the pyfunc entry point -------------------------------------------------------------------
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:  # noqa: ARG002
@@ -110,11 +130,16 @@ class BiomarkerModel(PythonModel):
 
     def features_from_cells(self, adata: AnnData) -> pd.DataFrame:
         """Rebuild the patient feature table from raw-count cells with the frozen pipeline."""
+        return self.cells_table(adata)[0]
+
+    def cells_table(self, adata: AnnData) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Raw-count cells -> (patients x features, patients x ``n_cells, n_samples``), with the frozen pipeline."""
         from biomarkers.features import FeaturePipeline
 
         if self.pipeline is None:
             msg = f"This is a {self.kind} model: it takes a {self.kind} table, not single cells."
             raise FeatureMismatchError(msg)
+        self.check_format()
         from biomarkers.signatures import coverage_report
 
         pipe = FeaturePipeline.from_dict(self.pipeline)
@@ -127,7 +152,8 @@ class BiomarkerModel(PythonModel):
                 "(min 50%). Are genes HGNC symbols, and is this the full transcriptome?"
             )
             raise FeatureMismatchError(msg)
-        return pipe.transform(adata)
+        stats = pipe.stats(pipe.process(adata))
+        return pipe.finalize(stats), stats[list(QC_COLUMNS)]
 
     def features_from_bulk(self, table: pd.DataFrame) -> pd.DataFrame:
         """Bulk samples x genes (log scale) -> the model's bulk features, standardised within the cohort."""
@@ -136,8 +162,10 @@ class BiomarkerModel(PythonModel):
         if self.bulk is None:
             msg = "This is a single-cell model: it needs cells or a patient x feature table, not a bulk table."
             raise FeatureMismatchError(msg)
+        from biomarkers.signatures import resolve_genes
+
         needed = {g for gs in self.bulk["gene_sets"].values() for g in gs} | set(self.bulk["genes"])
-        found = needed & set(table.columns)
+        found = set(resolve_genes(sorted(needed), list(map(str, table.columns)))[0])  # by alias too (IL8 <-> CXCL8)
         if len(found) < self.min_coverage * len(needed):
             missing = sorted(needed - found)
             msg = (
