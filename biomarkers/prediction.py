@@ -80,15 +80,30 @@ def _from_cells(model: Any, adata: AnnData, spec: Any, *, source: str) -> tuple[
 
 
 def _canonical_anndata(adata: AnnData, spec: Any) -> AnnData:
-    """Apply the reader settings to an in-memory AnnData as read_cohort does to a file (query, columns, counts)."""
+    """Apply the reader settings to an in-memory AnnData as read_cohort does to a file (query, columns, counts).
+
+    An AnnData that already has the canonical columns (read with ``bm.read_cohort``, or simulated) keeps them
+    where the training column is absent, and the query then reads those columns under the training names.
+    """
     from biomarkers.io._h5ad import canonical_anndata
     from biomarkers.io._obs import LabelSpec, ObsRules, resolve_obs_map
 
+    obs = adata.obs
     mapping = resolve_obs_map(spec.obs_map, patient_col=spec.patient_col, sample_col=spec.sample_col, label_col=None)
+    mapping = {c: src for c, src in mapping.items() if src in obs.columns or c not in obs.columns}
+    applied = adata.uns.get(K.BM, {}).get("io", {}).get("params", {}).get("query")
+    if spec.query and spec.query != applied:  # read_cohort(query=...) records the query it applied
+        frame = obs.copy()
+        for canonical, src in resolve_obs_map(
+            spec.obs_map, patient_col=spec.patient_col, sample_col=spec.sample_col, label_col=None
+        ).items():
+            if src not in frame.columns and canonical in frame.columns:
+                frame[src] = obs[canonical]
+        keep = ObsRules(query=spec.query).select(frame, source="adata.obs")
+        adata = adata[keep]
     out = canonical_anndata(
-        adata, mapping=mapping, labels=LabelSpec(), gene_map=None, allow_non_integer=False, source="adata",
-        rules=ObsRules(query=spec.query),
-    )  # fmt: skip
+        adata, mapping=mapping, labels=LabelSpec(), gene_map=None, allow_non_integer=False, source="adata"
+    )
     out.uns.pop("_counts_source", None)
     return out
 

@@ -57,6 +57,7 @@ def write_atlas(folder: Path, *, seed: int, prefix: str) -> tuple[Path, Path]:
         "donor_id": [f"{prefix}-{p}" for p in outcome.index],
         "outcome": outcome.map({K.NON_RESPONDER: "NR", K.RESPONDER: "R"}).to_numpy(),
         "age": rng.integers(18, 70, len(outcome)),
+        "cdai": rng.integers(150, 450, len(outcome)),
     })  # fmt: skip
     labels = folder / f"{prefix}_clinical.csv"
     clinical.to_csv(labels, index=False)
@@ -75,7 +76,7 @@ def atlas(tmp_path_factory):
             "path": str(train), "labels": str(labels), "query": QUERY,
             "patient_col": "donor_id", "sample_col": "library_uuid",
             "label_col": "outcome", "positive_label": "NR", "negative_label": "R",
-            "obs_map": {"timepoint": "timepoint", "inflamed": "disease_status", "tissue": "tissue"},
+            "obs_map": {"timepoint": "timepoint", "inflamed": "disease_status", "tissue": "tissue", "severity": "cdai"},
         },
         "preprocess": {"min_genes": 20, "min_counts": 50},
         "models": [{"kind": "logreg"}],
@@ -216,3 +217,36 @@ def test_features_command_reads_like_the_experiment_or_with_flags(atlas, tmp_pat
     assert (b["n_cells"] <= a["n_cells"]).all()
     kept = ad.read_h5ad(atlas["new"], backed="r").obs.query(QUERY).groupby("donor_id", observed=True).size()
     assert (a["n_cells"] <= kept.loc[a.index]).all()
+
+
+def test_clinical_covariates_are_joined_and_not_required_at_predict(trained, atlas):
+    # severity comes from the clinical table (obs_map severity: cdai); a file of new donors has no such column.
+    clinical = pd.read_csv(atlas["folder"] / "TR_clinical.csv").set_index("donor_id")
+    read = bm.read_cohort(
+        atlas["train"], patient_col="donor_id", sample_col="library_uuid", clinical=atlas["folder"] / "TR_clinical.csv",
+        obs_map={"severity": "cdai"}, label_col="outcome", positive_label="NR", negative_label="R",
+    )  # fmt: skip
+    per_donor = read.obs.groupby(K.PATIENT, observed=True)[K.SEVERITY].first()
+    assert (per_donor.astype(int) == clinical.loc[per_donor.index, "cdai"]).all()
+    spec = bm.io.ReadSpec.from_dict(trained.cohort.read_spec.to_dict())
+    assert "cdai" in spec.clinical_columns
+    assert spec.to_dict()["clinical"] == "TR_clinical.csv"  # the training machine's path is not stored
+    assert K.SEVERITY not in spec.for_predict().obs_map
+
+
+def test_predict_on_an_anndata_already_read_with_read_cohort(trained, atlas):
+    uri = "models:/atlas-model@champion"
+    adata = bm.read_cohort(
+        atlas["new"], patient_col="donor_id", sample_col="library_uuid", query=QUERY,
+        obs_map={"timepoint": "timepoint", "inflamed": "disease_status", "tissue": "tissue"},
+    )  # fmt: skip
+    pd.testing.assert_frame_equal(bm.predict(adata, model_uri=uri), bm.predict(atlas["new"], model_uri=uri))
+
+
+def test_one_input_gene_never_stands_for_two_reference_genes():
+    from biomarkers.features import ScoringReference
+    from biomarkers.features._reference import SetReference
+
+    ref = ScoringReference(sets={"MNP": {"S": SetReference(genes=("CCL3L1", "A"), controls=("CCL3L3", "B"))}})
+    mapping = ref.resolve(["CCL3L1", "A", "B"])
+    assert mapping == {"A": "A", "B": "B", "CCL3L1": "CCL3L1"}

@@ -103,8 +103,11 @@ def test_list_datasets_columns(tmp_path: Path) -> None:
         "cached",
         "path",
         "kind",
+        "baseline",
     ]
     assert not table["cached"].any()
+    cohorts = table[~table["kind"].isin(["probe_map", "sample_sheet"])].set_index("name")
+    assert cohorts["baseline"].notna().all(), "every cohort documents the selection that gives a fair baseline"
     row = table.set_index("name").loc["taurus-myeloid"]
     assert row["size"] == "416.7 MB"
     assert row["path"] == str(tmp_path.resolve() / "taurus-myeloid" / "myeloid_final.h5ad")

@@ -38,9 +38,11 @@ def new_model(client) -> str:
     return name
 
 
-def register(client, name: str, auroc: float | None, *, kind: str | None = "single_cell", features=FEATURES) -> str:
+def register(
+    client, name: str, auroc: float | None, *, kind: str | None = "single_cell", features=FEATURES, fmt: str | None = "2"
+) -> str:
     """A version of ``name`` tagged as ``run_experiment`` tags it (``None`` leaves a tag out)."""
-    tags = {"cv_auroc": None if auroc is None else f"{auroc:.6f}", "kind": kind}
+    tags = {"cv_auroc": None if auroc is None else f"{auroc:.6f}", "kind": kind, "format_version": fmt}
     if features is not None:
         tags |= {"feature_schema": feature_schema(features), "n_candidate_features": str(len(features))}
     mv = client.create_model_version(name, source=client.source, tags={k: v for k, v in tags.items() if v is not None})
@@ -124,6 +126,17 @@ def test_champion_without_input_tags_is_not_compared(client, changes, missing):
     assert (p.current, p.moved, p.compared_with) == ("1", False, None)
     assert f"champion version 1 has no {missing} tag" in p.reason
     assert champion(client, name) == "1"
+
+
+def test_a_champion_of_an_older_model_format_is_replaced(client):
+    # A v0.1 (format 1, untagged) champion can no longer predict from cells: a retrained version takes the alias
+    # even with a lower CV AUROC, and the reason says why.
+    name = new_model(client)
+    client.set_registered_model_alias(name, "champion", register(client, name, 0.95, kind=None, features=None, fmt=None))
+    p = promote(client, name, register(client, name, 0.7), 0.7)
+    assert (p.previous, p.current, p.moved) == ("1", "2", True)
+    assert "registered in model format 1" in p.reason
+    assert champion(client, name) == "2"
 
 
 def test_comparable_champion_without_auroc_is_replaced(client):

@@ -14,6 +14,7 @@ needed, and streaming stays one pass.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
 
     from biomarkers.signatures import GeneSet
+
+logger = logging.getLogger("biomarkers")
 
 # Fraction of a set's reference genes, and of its control genes, that an input must have to be scored.
 MIN_REFERENCE_COVERAGE = 0.7
@@ -131,8 +134,18 @@ class ScoringReference:
         """Map reference genes to the input's var names (direct, case, then alias), for the genes present."""
         from biomarkers.signatures import resolve_genes
 
+        names = [str(v) for v in var_names]
         wanted = sorted({g for genes in self.genes.values() for g in genes})
-        mapping, _ = resolve_genes(wanted, list(var_names))
+        present = set(names)
+        # Exact names first; an alias or case match only where its target is not another reference gene's, so
+        # one input gene never stands for two reference genes (e.g. CCL3L1 and CCL3L3), once as set, once as control.
+        mapping = {g: g for g in wanted if g in present}
+        claimed = set(mapping.values())
+        rest, _ = resolve_genes([g for g in wanted if g not in mapping], names)
+        for g, v in rest.items():
+            if v not in claimed:
+                mapping[g] = v
+                claimed.add(v)
         return mapping
 
     def check_coverage(self, var_names: Iterable[str], *, min_coverage: float = MIN_REFERENCE_COVERAGE) -> pd.DataFrame:
@@ -161,6 +174,15 @@ class ScoringReference:
         if report.empty:
             return report
         frac = np.minimum(report["genes_found"] / report["genes"], report["controls_found"] / report["controls"])
+        partial = report[(frac < 1) & (frac >= min_coverage)]
+        if len(partial):
+            # Scores are then means over the genes present: usable, but not the training weights exactly.
+            r = partial.iloc[0]
+            logger.warning(
+                "scoring reference: %d set x compartment scores use only the genes present (e.g. %s in %s: %d/%d "
+                "set genes, %d/%d controls)", len(partial), r["set"], r["compartment"], r["genes_found"], r["genes"],
+                r["controls_found"], r["controls"],
+            )  # fmt: skip
         low = report[frac < min_coverage]
         if len(low):
             r = low.iloc[0]

@@ -428,15 +428,15 @@ class ObsRules:
             name = str(err).split("'")[1] if "'" in str(err) else str(err)
             msg = (
                 f"data.query {self.query!r} names column {name!r}, which is not in the metadata of {source} "
-                f"(have: {preview(meta.columns, 12)}). Use the file's own column names (the query runs before obs_map)."
+                f"(have: {preview(meta.columns, 12)}). Use the file's own column names in data.query (predict: --query)."
             )
             raise DataSchemaError(msg) from None
         except (SyntaxError, ValueError, TypeError) as err:
-            msg = f"data.query {self.query!r} is not a valid pandas query on {source}: {str(err).splitlines()[0]}. Fix data.query."
+            msg = f"data.query {self.query!r} is not a valid pandas query on {source}: {str(err).splitlines()[0]}. Fix data.query (predict: --query)."
             raise DataSchemaError(msg) from None
         keep = np.asarray(keep)
         if keep.dtype != bool or keep.shape != (len(meta),):
-            msg = f"data.query {self.query!r} must give True/False per row of {source}; found {keep.dtype}. Fix data.query."
+            msg = f"data.query {self.query!r} must give True/False per row of {source}; found {keep.dtype}. Fix data.query (predict: --query)."
             raise DataSchemaError(msg)
         logger.info("read_cohort: data.query keeps %d of %d rows of %s", int(keep.sum()), len(meta), source)
         if not keep.any():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from biomarkers import _keys
@@ -39,6 +40,7 @@ class ReadSpec:
     label_map: dict[str, str | None] = field(default_factory=dict)
     query: str | None = None
     clinical: str | None = None
+    clinical_columns: tuple[str, ...] = ()
     allow_mixed_samples: bool = False
 
     @classmethod
@@ -55,6 +57,7 @@ class ReadSpec:
             label_map=dict(data.label_map),
             query=data.query,
             clinical=str(data.labels) if data.labels is not None else None,
+            clinical_columns=_header(data.labels) if data.labels is not None else (),
             allow_mixed_samples=data.allow_mixed_samples,
         )
 
@@ -86,7 +89,9 @@ class ReadSpec:
 
         The input format is detected again (a model trained on an h5ad may predict a 10x folder).
         """
-        mapping = {k: v for k, v in self.obs_map.items() if k != _keys.RESPONSE}
+        # The label, and columns the training clinical table supplied, are not expected in a file of new patients.
+        supplied = set(self.clinical_columns)
+        mapping = {k: v for k, v in self.obs_map.items() if k != _keys.RESPONSE and v not in supplied}
         mapping.update(obs_map or {})
         mapped_patient, mapped_sample = mapping.pop(_keys.PATIENT, None), mapping.pop(_keys.SAMPLE, None)
         return replace(
@@ -104,14 +109,28 @@ class ReadSpec:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form, stored with the model."""
-        return asdict(self)
+        """JSON-serialisable form, stored with the model (the clinical table by file name only)."""
+        d = asdict(self)
+        d["clinical"] = Path(self.clinical).name if self.clinical else None
+        d["clinical_columns"] = list(self.clinical_columns)
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ReadSpec:
         """Rebuild from :meth:`to_dict` output (unknown keys are ignored, missing ones take defaults)."""
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        known["clinical_columns"] = tuple(known.get("clinical_columns", ()))
         return cls(**known)
+
+
+def _header(path: Any) -> tuple[str, ...]:
+    """Column names of a clinical table (empty when it cannot be read: reading it later gives the error)."""
+    from ._common import read_delimited
+
+    try:
+        return tuple(map(str, read_delimited(Path(path), nrows=0).columns))
+    except (DataSchemaError, OSError):
+        return ()
 
 
 def sample_table(obs: pd.DataFrame) -> pd.DataFrame:
@@ -160,6 +179,7 @@ def check_sample_mix(samples: pd.DataFrame, *, allow: bool, source: str) -> None
         msg = (
             f"{len(mixed)} patients of {source} have samples that differ in {attr} (e.g. {example}; "
             f"patients: {preview(mixed.index, 4)}). A post-treatment biopsy reflects the outcome: keep one kind with "
-            f"data.query (e.g. \"{attr} == '{mixed.iloc[0][0]}'\"), or set data.allow_mixed_samples: true."
+            f"data.query (predict: --query; e.g. \"{attr} == '{mixed.iloc[0][0]}'\" in the file's own column "
+            "names), or set data.allow_mixed_samples: true."
         )
         raise DataSchemaError(msg)

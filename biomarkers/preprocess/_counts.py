@@ -9,6 +9,7 @@ import numpy as np
 from scipy import sparse
 
 from biomarkers import _keys as K
+from biomarkers._errors import DataSchemaError
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -49,6 +50,13 @@ def count_cells(adata: AnnData, *, allow_non_integer: bool = False) -> AnnData:
 
     if adata.isbacked:
         adata = adata.to_memory()
+    if not adata.var_names.is_unique:
+        dupes = adata.var_names[adata.var_names.duplicated()].unique()
+        msg = (
+            f"{len(dupes)} gene names occur more than once in var_names (e.g. {', '.join(map(str, dupes[:3]))}). "
+            "Call adata.var_names_make_unique() first (bm.read_cohort does this for files)."
+        )
+        raise DataSchemaError(msg)
     layer = adata.layers.get(K.COUNTS)
     raw = adata.raw.X if adata.raw is not None else None
     choice = pick_counts(

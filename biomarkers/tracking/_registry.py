@@ -18,6 +18,14 @@ logger = logging.getLogger("biomarkers")
 KIND_TAG = "kind"
 FEATURE_SCHEMA_TAG = "feature_schema"
 N_FEATURES_TAG = "n_candidate_features"
+FORMAT_TAG = "format_version"  # the BiomarkerModel format; versions before the tag existed are format 1
+
+
+def _format(mv: Any) -> int:
+    try:
+        return int(mv.tags.get(FORMAT_TAG, "1"))
+    except ValueError:
+        return 1
 
 
 def feature_schema(columns: Iterable[str]) -> str:
@@ -106,6 +114,16 @@ def promote_if_better(client: Any, name: str, *, alias: str, version: str, cv_au
         return Promotion(None, version, moved=True, reason=reason)
     held = str(current.version)
     new = client.get_model_version(name, version)
+    if _format(current) < _format(new):
+        # An older-format champion cannot rebuild features from cells any more (predict asks to retrain it), so a
+        # retrained version replaces it whatever the AUROCs: otherwise the alias would be stuck on a dead model.
+        client.set_registered_model_alias(name, alias, version)
+        reason = (
+            f"version {version} replaces {alias} version {held}, registered in model format {_format(current)} "
+            f"(now {_format(new)}; the old one no longer predicts from cells){_inputs(new, same=False)}"
+        )
+        logger.warning("registry: %s@%s -> version %s (%s)", name, alias, version, reason)
+        return Promotion(held, version, moved=True, reason=reason)
     why = _incomparable(current, new)
     if why is not None:
         reason = f"not compared: {why}; pick another registry.model_name"
