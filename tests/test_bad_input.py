@@ -178,6 +178,12 @@ def unknown_gene_set(tmp: Path) -> list[str]:
     return run(tmp, h5ad(tmp), signature_files=["mine.gmt"], signatures={"MY_SET": ["MNP"]})
 
 
+def clinical_csv(tmp: Path) -> str:
+    """A clinical table whose patient ids match none of the cohort's."""
+    (tmp / "clinical.csv").write_text("patient_id,response\nX1,responder\nX2,non_responder\n")
+    return "clinical.csv"
+
+
 def features_csv(tmp: Path) -> str:
     (tmp / "features.csv").write_text("patient_id,prop__CD8_T,n_cells\nP1,0.1,100\nP2,0.2,120\n")
     return "features.csv"
@@ -210,6 +216,8 @@ CASES = [
     ("unknown_label_values", cells(relabel({"non_responder": "NR"})), ("labels NR", "data.label_map")),
     ("one_class", cells(relabel({"non_responder": "responder"})), ("Only one class", "check data.label_col")),
     ("too_few_patients_for_cv", cells(cv={"n_splits": 4}), ("3 non-responder patients", "Lower cv.n_splits to <= 3")),
+    ("query_missing_column", cells(data={"query": "visit == 'baseline'"}), ("names column 'visit'", "own column names")),
+    ("clinical_ids_do_not_match", lambda t: run(t, h5ad(t), data={"labels": clinical_csv(t)}), ("0 of 8 matched", "same ids")),
     # genes and cells
     ("duplicate_barcodes", cells(duplicate_barcodes), ("duplicated cell barcodes", "once per sample")),
     ("ensembl_ids_without_symbols", cells(ensembl_ids), ("are Ensembl IDs", "adata.var['gene_symbols']")),
