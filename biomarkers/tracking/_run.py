@@ -396,6 +396,79 @@ def _log_parent(cfg: ExperimentConfig, cohort: Cohort, evaluation: EvaluationRes
         mlflow.log_artifacts(str(plots), artifact_path="plots")
 
 
+# Declared dependencies that only some estimators use: a model lists one only when its pickle refers to it.
+_ESTIMATOR_ONLY = frozenset({"lightgbm"})
+
+
+def _log_portable_model(model: Any, **kwargs: Any) -> Any:
+    """Log ``model`` as the run's pyfunc so it loads where ``biomarkers`` is not installed.
+
+    The ``biomarkers`` source travels with the model (``code_paths``: MLflow puts it on ``sys.path``
+    at load), and ``requirements.txt`` pins what that code and the pickle import, never ``biomarkers``
+    itself. ``log_model`` reloads the model to check the input example; that load's ``sys.path`` entry
+    (a temporary copy of the code) is dropped afterwards.
+    """
+    import sys
+
+    import mlflow
+
+    import biomarkers
+
+    path = list(sys.path)
+    try:
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=model,
+            code_paths=[str(Path(biomarkers.__file__).parent)],
+            pip_requirements=_model_requirements(model),
+            **kwargs,
+        )
+    finally:
+        sys.path[:] = path
+
+
+def _model_requirements(model: Any) -> list[str]:
+    """Pinned pip requirements of a pyfunc whose code is the ``biomarkers`` package (not ``biomarkers`` itself).
+
+    ``biomarkers``' declared runtime dependencies (LightGBM only for a model whose pickle uses it), cloudpickle
+    (which unpickles the pyfunc) and every other distribution the pickle refers to, each ``==`` the installed version.
+    """
+    import io
+    import pickle
+    import sys
+    from importlib.metadata import PackageNotFoundError, packages_distributions, requires, version
+
+    import cloudpickle
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    modules: set[str] = set()
+
+    class _Recorder(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            modules.add(module.partition(".")[0])
+            return super().find_class(module, name)
+
+    _Recorder(io.BytesIO(cloudpickle.dumps(model))).load()
+    owners = packages_distributions()
+    pickled = {canonicalize_name(d) for m in modules - set(sys.stdlib_module_names) for d in owners.get(m, [])}
+    try:
+        declared = [Requirement(r) for r in requires("biomarkers") or []]
+        names = [r.name for r in declared if r.marker is None or r.marker.evaluate({"extra": ""})]
+    except PackageNotFoundError:  # running from a model's own code copy: the pinned core of ``_versions``
+        names = [n for n, v in _versions().items() if v != "absent"]
+    names = [n for n in names if canonicalize_name(n) not in _ESTIMATOR_ONLY or canonicalize_name(n) in pickled]
+    wanted = {canonicalize_name(n): n for n in [*names, "cloudpickle", *sorted(pickled)]}
+    wanted.pop("biomarkers", None)
+    out = []
+    for name in wanted.values():
+        try:
+            out.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            out.append(name)
+    return out
+
+
 def _log_child(
     cfg: ExperimentConfig,
     cohort: Cohort,
@@ -441,7 +514,7 @@ def _log_child(
     example = cohort.features.iloc[:2].astype("float64")
     signature = infer_signature(example, model.predict_features(example))
     mlflow.log_param("threshold", threshold)
-    info = mlflow.pyfunc.log_model(name="model", python_model=model, signature=signature, input_example=example)
+    info = _log_portable_model(model, signature=signature, input_example=example)
     if importance is not None and len(importance):
         import matplotlib.pyplot as plt
 
