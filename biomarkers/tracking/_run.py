@@ -19,6 +19,7 @@ import pandas as pd
 
 from biomarkers import _keys as K
 from biomarkers.models import METRICS
+from biomarkers.tracking._pyfunc import FORMAT_VERSION
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -269,6 +270,7 @@ def _evaluate_and_log(cfg: ExperimentConfig, cohort: Cohort, *, umap: Any, t0: f
                 _registry.KIND_TAG: cohort.kind,
                 _registry.FEATURE_SCHEMA_TAG: _registry.feature_schema(cohort.features.columns),
                 _registry.N_FEATURES_TAG: str(cohort.features.shape[1]),
+                _registry.FORMAT_TAG: str(FORMAT_VERSION),
             }
             with _store_lock():  # concurrent runs: each compares against the champion the other may just have set
                 mv = mlflow.register_model(model_uris[best], name, tags=tags)
