@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +15,8 @@ from biomarkers import _keys as K
 from biomarkers._errors import DataSchemaError
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     import pandas as pd
     from anndata import AnnData
 
@@ -169,8 +171,13 @@ def _check_samples(samples: pd.DataFrame, cfg: ExperimentConfig, *, source: str)
 
 
 def _streams(cfg: ExperimentConfig) -> bool:
-    """Single-cell features computed sample by sample (``compute.stream`` or a Dask scheduler)."""
+    """Whether a single-cell file is read sample by sample (``compute.stream``, the default, or a Dask scheduler)."""
     return cfg.data.kind != "bulk" and (cfg.compute.scheduler is not None or cfg.compute.stream)
+
+
+def _where(cfg: ExperimentConfig) -> str:
+    s = cfg.compute.scheduler
+    return "in process" if s is None else f"on Dask ({s}, {cfg.compute.n_workers} workers)" if s == "local" else f"on Dask ({s})"
 
 
 def _pipeline(cfg: ExperimentConfig) -> FeaturePipeline:
@@ -199,14 +206,22 @@ def _prepare_streaming(cfg: ExperimentConfig, *, t0: float) -> Cohort:
     t_load = time.perf_counter() - t0
     pipe = _pipeline(cfg)
     t1 = time.perf_counter()
+    logger.info("features: streaming %s one sample at a time %s", path.name, _where(cfg))
     res = sample_stats(
-        pipe, path, scheduler=cfg.compute.scheduler, n_workers=cfg.compute.n_workers, read_kwargs=_read_kwargs(cfg)
-    )
+        pipe, path, scheduler=cfg.compute.scheduler, n_workers=cfg.compute.n_workers, read_kwargs=_read_kwargs(cfg),
+        keep_cells=cfg.plots.umap_max_cells if cfg.plots.umap else 0,
+    )  # fmt: skip
     _check_samples(res.labels, cfg, source=path.name)
     labels = _patient_labels(res.labels, cfg)
     pipe = pipe.fit_reference(res.stats)
+    cells = res.cells
+    if cells is not None:  # the UMAP subsample drawn while streaming, scored for the plot
+        from biomarkers.features import score_by_compartment
+
+        score_by_compartment(cells, reference=pipe.reference, plan=pipe.plan)
     return _single_cell_cohort(
-        pipe.finalize(res.stats), labels, pipe, var_names=None, cells=None, digest=digest, source=str(path),
+        pipe.finalize(res.stats), labels, pipe, var_names=cells.var_names if cells is not None else None, cells=cells,
+        digest=digest, source=str(path),
         coverage=res.coverage, timings={"load_s": t_load, "features_s": time.perf_counter() - t1},
         read_spec=read_spec(cfg), samples=res.labels,
     )  # fmt: skip
@@ -284,13 +299,15 @@ def prepare_cohort(cfg: ExperimentConfig, *, adata: AnnData | None = None) -> Co
     pipe = _pipeline(cfg)
     coverage = pipe.check_genes(adata.var_names)
     t1 = time.perf_counter()
-    if _streams(cfg):
-        # In-memory cells (simulated, or passed in): split by sample and streamed the same way.
+    if cfg.compute.scheduler is not None:
+        # In-memory cells (simulated, or passed in) on Dask: split by sample and scattered one at a time.
         from biomarkers.compute import sample_stats
 
+        logger.info("features: %d in-memory samples %s", adata.obs[K.SAMPLE].nunique(), _where(cfg))
         stats = sample_stats(pipe, adata, scheduler=cfg.compute.scheduler, n_workers=cfg.compute.n_workers).stats
         cells = None
     else:
+        logger.info("features: %d cells in memory, in process", adata.n_obs)
         cells = pipe.process(adata)
         stats = pipe.stats(cells)
     # Control genes are fitted once on the training cohort (no labels involved) and frozen into the model.
@@ -386,3 +403,63 @@ def check_experiment(cfg: ExperimentConfig) -> None:
     if empty and cfg.data.kind != "bulk":
         msg = f"Gene set(s) {', '.join(empty)} have no gene in the data. Check gene symbols, or drop them from `signatures`."
         raise DataSchemaError(msg)
+
+
+def features_from_file(
+    path: str | Path,
+    *,
+    config: Any | None = None,
+    patient_col: str | None = None,
+    sample_col: str | None = None,
+    query: str | None = None,
+    obs_map: Mapping[str, str] | None = None,
+    seed: int | None = None,
+    scheduler: str | None = None,
+    n_workers: int = 2,
+) -> pd.DataFrame:
+    """Read a cohort file one sample at a time and build its patients x features table (``biomarkers features``).
+
+    The scoring reference is fitted on this input (there is no model to take it from).
+
+    Parameters
+    ----------
+    path
+        h5ad / 10x file or folder of raw counts.
+    config
+        An :class:`biomarkers.config.ExperimentConfig`: its ``data`` reader settings (columns, ``obs_map``,
+        ``query``) and its preprocess, signature and feature settings are used. None: the defaults.
+    patient_col, sample_col, query, obs_map
+        Override the reader settings (see :func:`biomarkers.io.read_cohort`); ``query=""`` keeps every row.
+    seed
+        Seed for control-gene sampling (default: the config's, else 0).
+    scheduler, n_workers
+        Where samples are processed: None (this process; the config's ``compute`` when given), ``'local'`` or
+        ``'tcp://HOST:PORT'`` (see :func:`biomarkers.compute.sample_stats`).
+
+    Returns
+    -------
+    Patients (index ``patient_id``) x features.
+    """
+    from biomarkers.compute import sample_stats
+    from biomarkers.io import ReadSpec, check_sample_mix
+
+    spec = ReadSpec.from_config(config.data) if config is not None else ReadSpec()
+    spec = spec.for_predict(patient_col=patient_col, sample_col=sample_col, query=query, obs_map=obs_map)
+    from biomarkers.features import DEFAULT_PLAN, FeaturePipeline
+    from biomarkers.signatures import load_gene_sets
+
+    if config is not None:
+        pipe = FeaturePipeline.from_config(config)
+    else:
+        pipe = FeaturePipeline(gene_sets=load_gene_sets(list(DEFAULT_PLAN)))
+    if seed is not None:
+        pipe = replace(pipe, seed=seed)
+    if scheduler is None and config is not None:
+        scheduler, n_workers = config.compute.scheduler, config.compute.n_workers
+    # One sample at a time: memory is bounded by the largest sample, not the file.
+    res = sample_stats(pipe, path, scheduler=scheduler, n_workers=n_workers, read_kwargs=spec.read_kwargs())
+    check_sample_mix(res.labels, allow=spec.allow_mixed_samples, source=Path(path).name)
+    feats = pipe.finalize(res.stats)  # the scoring reference is fitted on this input
+    feats.index.name = K.PATIENT
+    return feats
+

@@ -79,6 +79,23 @@ def _from_cells(model: Any, adata: AnnData, spec: Any, *, source: str) -> tuple[
     return model.cells_table(adata)
 
 
+def _from_cell_file(
+    model: Any, path: Path, spec: Any, *, scheduler: str | None, n_workers: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Stream a file's samples through the model's frozen pipeline (as training streamed them)."""
+    from biomarkers.compute import sample_stats
+    from biomarkers.io import check_sample_mix
+    from biomarkers.tracking._pyfunc import QC_COLUMNS
+
+    pipe = model.feature_pipeline()
+    where = "in process" if scheduler is None else f"on Dask ({scheduler})"
+    logger.info("predict: streaming %s one sample at a time %s, with the training settings %s", path.name, where,
+                {k: v for k, v in spec.read_kwargs().items() if v})  # fmt: skip
+    res = sample_stats(pipe, path, scheduler=scheduler, n_workers=n_workers, read_kwargs=spec.read_kwargs())
+    check_sample_mix(res.labels, allow=spec.allow_mixed_samples, source=path.name)
+    return pipe.finalize(res.stats), res.stats[list(QC_COLUMNS)]
+
+
 def _canonical_anndata(adata: AnnData, spec: Any) -> AnnData:
     """Apply the reader settings to an in-memory AnnData as read_cohort does to a file (query, columns, counts).
 
@@ -117,8 +134,13 @@ def predict(
     sample_col: str | None = None,
     query: str | None = None,
     obs_map: dict[str, str] | None = None,
+    scheduler: str | None = None,
+    n_workers: int = 2,
 ) -> pd.DataFrame:
     """Apply a registered model to new samples, read exactly as the model's training data was.
+
+    A file of cells is read one sample at a time (memory bounded by the largest sample), in this process or on
+    a Dask cluster; an AnnData is processed in memory.
 
     Parameters
     ----------
@@ -136,6 +158,9 @@ def predict(
         ``""``: keep every row.
     obs_map
         Extra canonical name -> column mappings, on top of the training ``obs_map``.
+    scheduler, n_workers
+        Where a file's samples are processed: None (this process), ``'local'`` (a local Dask cluster of
+        `n_workers`) or ``'tcp://HOST:PORT'``; see :func:`biomarkers.compute.sample_stats`.
 
     Returns
     -------
@@ -166,11 +191,8 @@ def predict(
         elif _is_table(path):
             features = _read_feature_table(path, id_col=id_col)
         else:
-            from biomarkers.io import read_cohort
-
             spec = _cells_spec(model, overrides)
-            logger.info("predict: reading %s with the training settings %s", path.name, spec.read_kwargs())
-            features, qc = _from_cells(model, read_cohort(path, **spec.read_kwargs()), spec, source=path.name)
+            features, qc = _from_cell_file(model, path, spec, scheduler=scheduler, n_workers=n_workers)
     elif isinstance(data, AnnData):
         if model.kind == "bulk":
             features = model.features_from_bulk(data.to_df())

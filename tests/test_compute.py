@@ -182,6 +182,16 @@ def test_dask_tcp_address(
         assert client.status == "running"
 
 
+def test_cell_subsample_is_the_same_serial_and_on_dask(h5ad_path: Path, pipe: FeaturePipeline, tcp_cluster) -> None:
+    # The UMAP subsample is drawn while streaming; keys hash (sample, cell), so any order or scheduler agrees.
+    serial = sample_stats(pipe, h5ad_path, keep_cells=40)
+    dask = sample_stats(pipe, h5ad_path, scheduler=tcp_cluster.scheduler_address, keep_cells=40)
+    assert serial.cells.n_obs == 40
+    assert list(serial.cells.obs_names) == list(dask.cells.obs_names)
+    assert (serial.cells.X != dask.cells.X).nnz == 0
+    assert serial.cells.obs[keys.SAMPLE].nunique() > 1  # drawn across samples, not from the first one
+
+
 def test_dask_worker_error_reaches_caller(cohort: AnnData, pipe: FeaturePipeline, tcp_cluster) -> None:
     counts = cohort[:200].copy()
     counts.X = counts.X * 0.5  # not integer counts
@@ -203,8 +213,11 @@ def test_bad_scheduler(pipe: FeaturePipeline, cohort: AnnData) -> None:
 
 
 # -- progress ----------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("show", "tty", "disabled"), [(True, True, False), (True, False, True), (False, True, True)])
-def test_progress_only_when_verbose_on_a_tty(
+@pytest.mark.parametrize(
+    ("show", "tty", "disabled"),
+    [(True, True, False), (True, False, True), (False, True, True), (None, True, False), (None, False, True)],
+)
+def test_progress_on_a_tty_unless_turned_off(
     show: bool, tty: bool, disabled: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from biomarkers.compute._progress import Progress
@@ -222,15 +235,20 @@ def test_prepare_cohort_streams_without_loading(h5ad_path: Path, monkeypatch: py
     from biomarkers.config import ExperimentConfig
 
     base = {"name": "stream-test", "data": {"path": str(h5ad_path)}, "cv": {"n_splits": 2}}
-    in_memory = prepare_cohort(ExperimentConfig(**base))
+    in_memory = prepare_cohort(ExperimentConfig(**base, compute={"stream": False}))
+    assert in_memory.cells is not None
 
     def no_whole_read(*args: object, **kwargs: object) -> None:
         msg = "the streaming path must not read the whole cohort"
         raise AssertionError(msg)
 
     monkeypatch.setattr(biomarkers.io, "read_cohort", no_whole_read)
-    streamed = prepare_cohort(ExperimentConfig(**base, compute={"stream": True}))
-    assert streamed.cells is None
+    streamed = prepare_cohort(ExperimentConfig(**base))  # files stream by default
+    # The UMAP subsample is drawn while streaming: processed cells, at most plots.umap_max_cells of them.
+    assert streamed.cells is not None
+    assert streamed.cells.n_obs == min(in_memory.cells.n_obs, 5000)
+    assert set(streamed.cells.obs_names) <= set(in_memory.cells.obs_names)
+    assert streamed.cells.obs["sig__AQP9_INFLAMMATORY_MACROPHAGE"].notna().any()
     _assert_same(streamed.features, in_memory.features)
     pd.testing.assert_series_equal(streamed.labels, in_memory.labels.set_axis(in_memory.labels.index.astype(str)))
     pd.testing.assert_frame_equal(streamed.coverage, in_memory.coverage)

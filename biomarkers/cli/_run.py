@@ -93,6 +93,8 @@ Query = Annotated[
     str | None, typer.Option(help="Samples to keep: a pandas query over the file's own columns ('' keeps all)")
 ]
 ObsMap = Annotated[list[str] | None, typer.Option("--obs-map", help="Map a canonical column: KEY=COLUMN (repeatable)")]
+Scheduler = Annotated[str | None, typer.Option(help="Process samples on Dask: local or tcp://HOST:PORT")]
+NWorkers = Annotated[int, typer.Option(help="Workers of a local Dask cluster")]
 
 
 def predict(
@@ -103,11 +105,13 @@ def predict(
     sample_col: SampleCol = None,
     query: Query = None,
     obs_map: ObsMap = None,
+    scheduler: Scheduler = None,
+    n_workers: NWorkers = 2,
 ) -> None:
     """Predict anti-TNF non-response for new patients (or bulk samples), reading them as the training data was."""
     table = bm.predict(
         input_, model_uri=model, out=out, patient_col=patient_col, sample_col=sample_col, query=query,
-        obs_map=_obs_map(obs_map),
+        obs_map=_obs_map(obs_map), scheduler=scheduler, n_workers=n_workers,
     )  # fmt: skip
     head = table.iloc[:, :5].to_string(index=False, max_rows=20, float_format=lambda v: f"{v:.3f}")
     typer.echo(head)
@@ -156,15 +160,17 @@ def features(
     query: Query = None,
     obs_map: ObsMap = None,
     seed: Annotated[int | None, typer.Option(help="Seed (default: the experiment's, else 0)")] = None,
+    scheduler: Scheduler = None,
+    n_workers: NWorkers = 2,
 ) -> None:
     """Build the patient x feature table from raw-count cells (scoring reference fitted on this input)."""
     from biomarkers._atomic import write_csv
-    from biomarkers.features import features_from_file
+    from biomarkers.cohort import features_from_file
 
     cfg = bm.load_config(experiment) if experiment is not None else None
     feats = features_from_file(
         cohort, config=cfg, patient_col=patient_col, sample_col=sample_col, query=query, obs_map=_obs_map(obs_map),
-        seed=seed,
+        seed=seed, scheduler=scheduler, n_workers=n_workers,
     )  # fmt: skip
     write_csv(feats.reset_index(), out)
     typer.echo(f"{feats.shape[0]} patients x {feats.shape[1]} features -> {out}")

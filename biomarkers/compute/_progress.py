@@ -1,4 +1,4 @@
-"""Per-sample progress: a tqdm.auto bar with cells/s, only when verbose and on a TTY."""
+"""Per-sample progress: a tqdm.auto bar with cells/s on a TTY."""
 
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ logger = logging.getLogger("biomarkers")
 
 
 class Progress:
-    """Per-sample progress with cells/s: a tqdm.auto bar when verbose and on a TTY, and a DEBUG log line per sample."""
+    """Per-sample progress with cells/s: a tqdm.auto bar on a TTY, and a DEBUG log line per sample."""
 
     def __init__(self, *, total: int | None, show: bool | None) -> None:
         from tqdm.auto import tqdm
 
-        verbose = logger.isEnabledFor(logging.INFO) if show is None else show
-        self.bar = tqdm(total=total, unit="sample", desc="samples", disable=not (verbose and sys.stderr.isatty()))
+        # Shown on a TTY (a long streamed read should say how far it is), never in logs or captured output.
+        visible = sys.stderr.isatty() if show is None else (show and sys.stderr.isatty())
+        self.bar = tqdm(total=total, unit="sample", desc="samples", disable=not visible)
         self.t0 = time.perf_counter()
         self.cells = 0
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import time
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
+from anndata import AnnData as AnnDataType
 
 from biomarkers import _keys as keys
 from biomarkers._errors import DataSchemaError
@@ -47,6 +51,9 @@ class SampleStats:
         Gene coverage of each scored set in the first sample (see :meth:`FeaturePipeline.check_genes`).
     seconds
         Wall time.
+    cells
+        A uniform random subsample of the processed cells (``keep_cells`` of them, drawn while streaming, the same
+        whatever the order or scheduler), for plots; None when not asked for.
     """
 
     stats: pd.DataFrame
@@ -54,6 +61,7 @@ class SampleStats:
     labels: pd.DataFrame
     coverage: pd.DataFrame
     seconds: float
+    cells: AnnData | None = None
 
     @property
     def n_cells(self) -> int:
@@ -67,9 +75,41 @@ class _Part:
     samples: pd.DataFrame
     labels: pd.DataFrame
     coverage: pd.DataFrame | None
+    cells: AnnData | None = None  # subsample of processed cells, obs['_key'] = its random keys
 
 
-def _process(pipe: FeaturePipeline, adata: AnnData, *, coverage: bool = False) -> _Part:
+def _subsample(processed: AnnData, keep: int) -> AnnData | None:
+    """Keep the `keep` cells with the smallest pseudo-random keys, hashed from sample and cell name (not order).
+
+    Keeping the globally smallest keys across chunks is a uniform sample without replacement of all cells seen, so
+    merging chunks in any order (serial, Dask) gives the same cells.
+    """
+    if keep <= 0 or processed.n_obs == 0:
+        return None
+    names = (processed.obs[keys.SAMPLE].astype(str) + "\x00" + processed.obs_names.astype(str)).to_numpy()
+    key = np.array([zlib.crc32(n.encode()) for n in names], dtype=np.float64) / 2**32  # in [0, 1)
+    order = np.argsort(key, kind="stable")[:keep]
+    cols = [c for c in (keys.PATIENT, keys.SAMPLE, keys.CELL_TYPE, keys.COMPARTMENT, keys.AQP9_MAC) if c in processed.obs]
+    sub = processed[np.sort(order)]
+    out = AnnDataType(X=sub.X.copy(), obs=sub.obs[cols].copy(), var=pd.DataFrame(index=processed.var_names.copy()))
+    out.obs["_key"] = key[np.sort(order)]
+    return out
+
+
+def _pool(a: AnnData | None, b: AnnData | None, keep: int) -> AnnData | None:
+    """Merge two subsamples, keeping the `keep` smallest keys."""
+    if a is None or b is None:
+        return a if b is None else b
+    import anndata as ad
+
+    both = ad.concat([a, b], merge="first")
+    if both.n_obs <= keep:
+        return both
+    order = np.sort(np.argsort(both.obs["_key"].to_numpy(), kind="stable")[:keep])
+    return both[order].copy()
+
+
+def _process(pipe: FeaturePipeline, adata: AnnData, *, coverage: bool = False, keep: int = 0) -> _Part:
     """QC -> normalise -> annotate -> score -> per-patient statistics for one chunk (usually one sample)."""
     t0 = time.perf_counter()
     for col in (keys.PATIENT, keys.SAMPLE):
@@ -82,6 +122,7 @@ def _process(pipe: FeaturePipeline, adata: AnnData, *, coverage: bool = False) -
     report = pipe.check_genes(adata.var_names) if coverage else None  # process() checks every chunk itself
     processed = pipe.process(adata)
     stats = pipe.stats(processed)
+    cells = _subsample(processed, keep)
     obs_in = adata.obs[[keys.SAMPLE, keys.PATIENT]].astype(str)
     n_in = obs_in.groupby(keys.SAMPLE, sort=False).size()
     n_kept = processed.obs[keys.SAMPLE].astype(str).value_counts()
@@ -100,10 +141,10 @@ def _process(pipe: FeaturePipeline, adata: AnnData, *, coverage: bool = False) -
     # check reads.
     extra = [c for c in (keys.RESPONSE, keys.TISSUE, keys.TIMEPOINT, keys.INFLAMED) if c in adata.obs]
     labels = adata.obs[[keys.PATIENT, keys.SAMPLE, *extra]].drop_duplicates().reset_index(drop=True)
-    return _Part(stats=stats, samples=samples, labels=labels, coverage=report)
+    return _Part(stats=stats, samples=samples, labels=labels, coverage=report, cells=cells)
 
 
-def _merge(parts: list[_Part]) -> _Part:
+def _merge(parts: list[_Part], *, keep: int = 0) -> _Part:
     from biomarkers.features import combine_stats
 
     if not parts:
@@ -115,6 +156,7 @@ def _merge(parts: list[_Part]) -> _Part:
         samples=pd.concat([p.samples for p in parts]),
         labels=labels.astype(str).where(labels.notna()).drop_duplicates().reset_index(drop=True),
         coverage=next((p.coverage for p in parts if p.coverage is not None), None),
+        cells=functools.reduce(lambda a, b: _pool(a, b, keep), [p.cells for p in parts], None),
     )
 
 
@@ -160,58 +202,74 @@ def _frozen_gc() -> Iterator[Callable[[], None]]:
             gc.unfreeze()
 
 
-def task_anndata(pipe: FeaturePipeline, adata: AnnData, *, coverage: bool = False) -> _Part:
+def task_anndata(pipe: FeaturePipeline, adata: AnnData, *, coverage: bool = False, keep: int = 0) -> _Part:
     """Process one in-memory chunk."""
-    part = _process(pipe, adata, coverage=coverage)
+    part = _process(pipe, adata, coverage=coverage, keep=keep)
     _collect()
     return part
 
 
-def task_h5ad(pipe: FeaturePipeline, ref: src.H5adSample, var: pd.DataFrame, *, coverage: bool = False) -> _Part:
+def task_h5ad(
+    pipe: FeaturePipeline, ref: src.H5adSample, var: pd.DataFrame, *, coverage: bool = False, keep: int = 0
+) -> _Part:
     """Read one sample's rows from an h5ad and process them."""
-    part = _process(pipe, ref.load(var), coverage=coverage)
+    part = _process(pipe, ref.load(var), coverage=coverage, keep=keep)
     _collect()
     return part
 
 
-def task_ref(pipe: FeaturePipeline, ref: Any, *, coverage: bool = False) -> _Part:
+def task_ref(pipe: FeaturePipeline, ref: Any, *, coverage: bool = False, keep: int = 0) -> _Part:
     """Load a 10x library (or every sample of a whole file) and process it."""
     if isinstance(ref, src.WholeFile):
-        return _merge(_serial(pipe, ref.load_all(), None, coverage=coverage))
-    part = _process(pipe, ref.load(), coverage=coverage)
+        return _merge(_serial(pipe, ref.load_all(), None, coverage=coverage, keep=keep), keep=keep)
+    part = _process(pipe, ref.load(), coverage=coverage, keep=keep)
     _collect()
     return part
 
 
 # -- serial and Dask drivers -------------------------------------------------------------------------------------------
 def _serial(
-    pipe: FeaturePipeline, chunks: Iterator[AnnData], progress: Progress | None, *, coverage: bool = True
+    pipe: FeaturePipeline,
+    chunks: Iterator[AnnData],
+    progress: Progress | None,
+    *,
+    coverage: bool = True,
+    keep: int = 0,
 ) -> list[_Part]:
     parts: list[_Part] = []
+    pool = None  # the cell subsample so far: merged as samples finish, so at most `keep` cells are held
     with _frozen_gc() as freeze:
         for adata in chunks:
             if adata.n_obs == 0:
                 continue
-            part = _process(pipe, adata, coverage=coverage and not parts)
+            part = _process(pipe, adata, coverage=coverage and not parts, keep=keep)
+            pool, part.cells = _pool(pool, part.cells, keep), None
             del adata
             _collect()
             freeze()  # after the first sample: the reader's metadata and the imports are in memory by now
             if progress is not None:
                 progress.update(part)
             parts.append(part)
+    if parts:
+        parts[0].cells = pool
     return parts
 
 
-def _gather_in_order(futures: list[Any], progress: Progress, parts: list[_Part | None]) -> None:
+def _gather_in_order(futures: list[Any], progress: Progress, parts: list[_Part | None], *, keep: int = 0) -> None:
     from distributed import as_completed
 
     index = {f.key: i for i, f in enumerate(futures)}
+    pool = None
     try:
         for fut in as_completed(futures):
             part = fut.result()  # re-raises a worker's error (e.g. DataSchemaError) here
+            pool, part.cells = _pool(pool, part.cells, keep), None
             parts[index[fut.key]] = part
             progress.update(part)
             fut.release()
+        first = next((p for p in parts if p is not None), None)
+        if first is not None:
+            first.cells = pool
     except BaseException:
         for fut in futures:  # a caller's long-lived client must not keep computing the rest
             fut.cancel()
@@ -226,6 +284,7 @@ def _on_cluster(
     client: Any,
     progress_show: bool | None,
     own_workers: bool = False,
+    keep: int = 0,
 ) -> list[_Part]:
     from anndata import AnnData
 
@@ -239,12 +298,15 @@ def _on_cluster(
             if var is not None:
                 [var_f] = client.scatter([var], broadcast=True)
                 futures = [
-                    client.submit(task_h5ad, pipe_f, r, var_f, coverage=i == 0, pure=False) for i, r in enumerate(refs)
+                    client.submit(task_h5ad, pipe_f, r, var_f, coverage=i == 0, keep=keep, pure=False)
+                    for i, r in enumerate(refs)
                 ]
             else:
-                futures = [client.submit(task_ref, pipe_f, r, coverage=i == 0, pure=False) for i, r in enumerate(refs)]
+                futures = [
+                    client.submit(task_ref, pipe_f, r, coverage=i == 0, keep=keep, pure=False) for i, r in enumerate(refs)
+                ]
             parts: list[_Part | None] = [None] * len(futures)
-            _gather_in_order(futures, progress, parts)
+            _gather_in_order(futures, progress, parts, keep=keep)
         finally:
             progress.close()
         return [p for p in parts if p is not None]
@@ -260,12 +322,12 @@ def _on_cluster(
             if chunk.n_obs == 0:
                 continue
             [chunk_f] = client.scatter([chunk])
-            futures.append(client.submit(task_anndata, pipe_f, chunk_f, coverage=not futures, pure=False))
+            futures.append(client.submit(task_anndata, pipe_f, chunk_f, coverage=not futures, keep=keep, pure=False))
             del chunk, chunk_f
             if sum(not f.done() for f in futures) >= 2 * n_workers:
                 wait([f for f in futures if not f.done()], return_when="FIRST_COMPLETED")
         parts_all = [None] * len(futures)
-        _gather_in_order(futures, progress, parts_all)
+        _gather_in_order(futures, progress, parts_all, keep=keep)
     finally:
         progress.close()
     return [p for p in parts_all if p is not None]
@@ -279,6 +341,7 @@ def sample_stats(
     n_workers: int = 2,
     progress: bool | None = None,
     read_kwargs: Mapping[str, Any] | None = None,
+    keep_cells: int = 0,
 ) -> SampleStats:
     """Run the feature pipeline one sample at a time and add up per-patient statistics.
 
@@ -302,7 +365,10 @@ def sample_stats(
     n_workers
         Worker processes for ``scheduler='local'``.
     progress
-        Show a per-sample progress bar with cells/s (tqdm) on a TTY; None: when the ``biomarkers`` logger is at INFO.
+        Show a per-sample progress bar with cells/s (tqdm); None: on a TTY.
+    keep_cells
+        Also keep a uniform random subsample of this many processed cells (for the UMAP plot), merged as samples
+        finish so memory stays bounded; 0: none.
     read_kwargs
         Options for :func:`biomarkers.io.iter_samples` when `source` is a path (``kind``, ``obs_map``,
         ``patient_col``, ``sample_col``, ``label_col``, ``positive_label``, ``negative_label``, ``label_map``,
@@ -328,15 +394,15 @@ def sample_stats(
     if scheduler is None:
         prog = Progress(total=None, show=progress)
         try:
-            parts = _serial(pipe, src.iter_source(source, kw), prog)
+            parts = _serial(pipe, src.iter_source(source, kw), prog, keep=keep_cells)
         finally:
             prog.close()
     else:
         with dask_client(scheduler, n_workers=n_workers) as client:
             parts = _on_cluster(
-                pipe, source, kw, client=client, progress_show=progress, own_workers=scheduler == "local"
+                pipe, source, kw, client=client, progress_show=progress, own_workers=scheduler == "local", keep=keep_cells
             )
-    merged = _merge(parts)
+    merged = _merge(parts, keep=keep_cells)
     seconds = time.perf_counter() - t0
     samples = merged.samples
     n_in, n_kept = int(samples["n_cells_in"].sum()), int(samples["n_cells_kept"].sum())
@@ -351,6 +417,7 @@ def sample_stats(
         labels=merged.labels,
         coverage=merged.coverage if merged.coverage is not None else pd.DataFrame(),
         seconds=seconds,
+        cells=merged.cells,
     )
 
 

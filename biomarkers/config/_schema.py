@@ -152,7 +152,7 @@ class ComputeSpec(_Strict):
 
     scheduler: str | None = None
     n_workers: int = Field(2, ge=1)
-    stream: bool = False
+    stream: bool = True  # files are read one sample at a time; false reads them whole into memory
 
     @model_validator(mode="after")
     def _check_scheduler(self) -> ComputeSpec:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from biomarkers.features._aggregate import combine_stats, patient_stats, stats_to_features
-from biomarkers.features._api import build_features, features_from_file
+from biomarkers.features._api import build_features
 from biomarkers.features._bulk import bulk_features, bulk_settings, zscore_within
 from biomarkers.features._names import feature_name
 from biomarkers.features._pipeline import FeaturePipeline, PreprocessParams
@@ -21,7 +21,6 @@ __all__ = [
     "bulk_settings",
     "combine_stats",
     "feature_name",
-    "features_from_file",
     "patient_stats",
     "score_by_compartment",
     "stats_to_features",

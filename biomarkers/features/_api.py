@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from biomarkers import _keys as K
 from biomarkers.features._pipeline import FeaturePipeline, PreprocessParams
@@ -66,52 +64,3 @@ def build_features(
     feats.index.name = K.PATIENT
     return feats
 
-
-def features_from_file(
-    path: str | Path,
-    *,
-    config: Any | None = None,
-    patient_col: str | None = None,
-    sample_col: str | None = None,
-    query: str | None = None,
-    obs_map: Mapping[str, str] | None = None,
-    seed: int | None = None,
-) -> pd.DataFrame:
-    """Read a cohort file and build its patients x features table (``biomarkers features FILE``).
-
-    The scoring reference is fitted on this input (there is no model to take it from).
-
-    Parameters
-    ----------
-    path
-        h5ad / 10x file or folder of raw counts.
-    config
-        An :class:`biomarkers.config.ExperimentConfig`: its ``data`` reader settings (columns, ``obs_map``,
-        ``query``) and its preprocess, signature and feature settings are used. None: the defaults.
-    patient_col, sample_col, query, obs_map
-        Override the reader settings (see :func:`biomarkers.io.read_cohort`); ``query=""`` keeps every row.
-    seed
-        Seed for control-gene sampling (default: the config's, else 0).
-
-    Returns
-    -------
-    Patients (index ``patient_id``) x features.
-    """
-    from biomarkers.io import ReadSpec, check_sample_mix, read_cohort, sample_table
-
-    spec = ReadSpec.from_config(config.data) if config is not None else ReadSpec()
-    spec = spec.for_predict(patient_col=patient_col, sample_col=sample_col, query=query, obs_map=obs_map)
-    adata = read_cohort(path, **spec.read_kwargs())
-    check_sample_mix(sample_table(adata.obs), allow=spec.allow_mixed_samples, source=Path(path).name)
-    pipe = FeaturePipeline.from_config(config) if config is not None else FeaturePipeline(gene_sets=_default_sets())
-    if seed is not None:
-        pipe = replace(pipe, seed=seed)
-    feats = pipe.transform(adata)
-    feats.index.name = K.PATIENT
-    return feats
-
-
-def _default_sets() -> dict[str, Any]:
-    from biomarkers.signatures import load_gene_sets
-
-    return load_gene_sets(list(DEFAULT_PLAN))

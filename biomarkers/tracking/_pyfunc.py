@@ -132,17 +132,21 @@ class BiomarkerModel(PythonModel):
         """Rebuild the patient feature table from raw-count cells with the frozen pipeline."""
         return self.cells_table(adata)[0]
 
-    def cells_table(self, adata: AnnData) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """Raw-count cells -> (patients x features, patients x ``n_cells, n_samples``), with the frozen pipeline."""
+    def feature_pipeline(self) -> Any:
+        """Return the frozen :class:`biomarkers.features.FeaturePipeline` (with its scoring reference) of a cells model."""
         from biomarkers.features import FeaturePipeline
 
         if self.pipeline is None:
             msg = f"This is a {self.kind} model: it takes a {self.kind} table, not single cells."
             raise FeatureMismatchError(msg)
         self.check_format()
+        return FeaturePipeline.from_dict(self.pipeline)
+
+    def cells_table(self, adata: AnnData) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Raw-count cells -> (patients x features, patients x ``n_cells, n_samples``), with the frozen pipeline."""
         # Gene coverage is checked against the frozen scoring reference in process() (min 70% of each set's
         # genes and of its controls).
-        pipe = FeaturePipeline.from_dict(self.pipeline)
+        pipe = self.feature_pipeline()
         stats = pipe.stats(pipe.process(adata))
         return pipe.finalize(stats), stats[list(QC_COLUMNS)]
 
