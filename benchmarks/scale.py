@@ -2,8 +2,17 @@
 
 Usage::
 
-    python benchmarks/scale.py --cells 300000 [--genes 20000] [--samples 60] [--workdir DIR]
-                               [--scheduler local] [--n-workers 2] [--skip-scanpy] [--generate-only]
+    python benchmarks/scale.py --cells 200000 --commands [--genes 20000] [--samples 40] [--workdir DIR]
+    python benchmarks/scale.py --cells 300000 [--scheduler local] [--n-workers 2] [--skip-scanpy] [--generate-only]
+
+``--commands`` measures the CLI as a user runs it, each in its own process (interpreter start and imports
+included), side by side with the plain Scanpy pipeline in the same run:
+
+* ``features``    ``biomarkers features FILE -o features.csv`` (streams the file one sample at a time).
+* ``predict``     ``biomarkers predict FILE --model models:/scale-bench@champion`` (a small model trained first on a
+                  simulated cohort with the same gene panel; training is not timed).
+* ``run``         ``biomarkers run`` on the file (logistic regression, 3-fold CV, no permutations: the run's memory is
+                  the streamed features; its CV cost is measured by the main job, not here).
 
 The cohort (N cells, >= 20,000 genes, simulator sparsity: about 1,800 detected genes per cell) is generated with
 ``biomarkers.datasets.simulate_cohort`` a few patients at a time and appended to ONE h5ad on disk (X = raw counts,
@@ -321,6 +330,88 @@ def _scanpy_fits(path: Path) -> tuple[bool, str]:
     return need < 0.9 * avail, note
 
 
+def measure_cmd(kind: str, cmd: list[str], *, env: dict[str, str], cwd: Path, cells: int) -> dict[str, object]:
+    """Run a CLI command as a user would; wall time of the process and the sampled peak RSS of its process tree."""
+    import psutil
+
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
+    ps = psutil.Process(proc.pid)
+    peak = [0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            try:
+                peak[0] = max(peak[0], _tree_rss(ps))
+            except psutil.NoSuchProcess:
+                return
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    out, err = proc.communicate()
+    done.set()
+    thread.join()
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        return {"kind": kind, "error": f"exit code {proc.returncode}: {err.strip().splitlines()[-1:]}"}
+    return {"kind": kind, "wall_s": wall, "process_s": wall, "cells_in": cells, "cells_per_s": cells / wall,
+            "peak_gb": peak[0] / 1e9, "tree_peak_gb": peak[0] / 1e9, "self_maxrss_gb": float("nan"),
+            "last_line": out.strip().splitlines()[-1] if out.strip() else ""}  # fmt: skip
+
+
+def _bench_model(work: Path, *, n_genes: int, env: dict[str, str]) -> None:
+    """Register models:/scale-bench@champion: a small simulated cohort with the benchmark's gene panel (not timed)."""
+    import yaml
+
+    cfg = {
+        "schema_version": 1, "name": "scale-bench",
+        "data": {"simulate": {"n_patients": 12, "cells_per_patient": 300, "n_genes": n_genes, "seed": 1}},
+        "models": [{"kind": "logreg"}], "cv": {"n_splits": 2, "n_repeats": 1},
+        "evaluation": {"n_boot": 100, "n_permutations": 0}, "plots": {"umap": False},
+        "registry": {"model_name": "scale-bench"},
+    }  # fmt: skip
+    (work / "train.yaml").write_text(yaml.safe_dump(cfg))
+    subprocess.run([str(Path(sys.executable).with_name("biomarkers")), "run", "train.yaml"], cwd=work, env=env,
+                   check=True, capture_output=True)  # fmt: skip
+
+
+def commands(path: Path, *, n_genes: int, cells: int, skip_scanpy: bool, runs: tuple[str, ...]) -> list[dict[str, object]]:
+    """The CLI commands a user runs on `path`, and the plain Scanpy pipeline, measured in one run."""
+    import yaml
+
+    work = Path(tempfile.mkdtemp(prefix="bm-scale-"))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db",
+           "BIOMARKERS_ARTIFACT_ROOT": str(work / "mlruns"), "PYTHONWARNINGS": "ignore"}  # fmt: skip
+    cli = str(Path(sys.executable).with_name("biomarkers"))
+    rows = []
+    if "features" in runs:
+        rows.append(measure_cmd("features", [cli, "features", str(path), "-o", "features.csv"], env=env, cwd=work, cells=cells))
+    if "predict" in runs:
+        _bench_model(work, n_genes=n_genes, env=env)
+        cmd = [cli, "predict", str(path), "--model", "models:/scale-bench@champion", "--out", "preds.csv"]
+        rows.append(measure_cmd("predict", cmd, env=env, cwd=work, cells=cells))
+    if "run" in runs:
+        cfg = {
+            "schema_version": 1, "name": "scale-run", "data": {"path": str(path)},
+            "models": [{"kind": "logreg"}], "cv": {"n_splits": 3, "n_repeats": 1},
+            "evaluation": {"n_boot": 200, "n_permutations": 0}, "registry": {"model_name": "scale-run"},
+        }  # fmt: skip
+        (work / "run.yaml").write_text(yaml.safe_dump(cfg))
+        rows.append(measure_cmd("run", [cli, "run", "run.yaml"], env=env, cwd=work, cells=cells))
+    fits, note = _scanpy_fits(path)
+    if skip_scanpy or not fits:
+        print(f"scanpy: skipped ({'--skip-scanpy' if skip_scanpy else 'would not fit'}; {note})")
+    else:
+        t0 = time.perf_counter()
+        r = measure("scanpy", path)
+        r["wall_s"] = time.perf_counter() - t0  # as a user runs it: interpreter start and imports included
+        r["cells_per_s"] = r["cells_in"] / r["wall_s"]
+        rows.append(r)
+    return rows
+
+
 def main() -> None:
     if "--child" in sys.argv:
         _run_child(sys.argv[1:])
@@ -336,6 +427,8 @@ def main() -> None:
     p.add_argument("--skip-serial", action="store_true")
     p.add_argument("--generate-only", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--commands", action="store_true", help="measure the CLI commands (features, predict, run) vs Scanpy")
+    p.add_argument("--runs", default="features,predict", help="with --commands: which of features,predict,run")
     a = p.parse_args()
     if a.genes < 20_000:
         print(f"note: --genes {a.genes} is below the 20,000 the benchmark targets")
@@ -344,6 +437,11 @@ def main() -> None:
     if a.generate_only:
         return
     meta = json.loads(path.with_suffix(".json").read_text())
+    if a.commands:
+        rows = commands(path, n_genes=a.genes, cells=meta["cells"], skip_scanpy=a.skip_scanpy,
+                        runs=tuple(a.runs.split(",")))  # fmt: skip
+        _report(meta, rows, kinds=("features", "predict", "run"))
+        return
     rows = []
     if not a.skip_serial:
         rows.append(measure("ours", path))
@@ -356,6 +454,10 @@ def main() -> None:
         print(f"scanpy: skipped, the in-memory path would not fit this machine ({note})")
     else:
         rows.append(measure("scanpy", path))
+    _report(meta, rows, kinds=("ours", "ours-dask"))
+
+
+def _report(meta: dict[str, object], rows: list[dict[str, object]], *, kinds: tuple[str, ...]) -> None:
     print(f"\ncohort: {meta}")
     print(f"{'path':<10} {'cells':>10} {'wall s':>8} {'cells/s':>9} {'peak GB':>8}  notes")
     for r in rows:
@@ -369,7 +471,7 @@ def main() -> None:
         )
     by = {r["kind"]: r for r in rows if "error" not in r}
     if "scanpy" in by:
-        for kind in ("ours", "ours-dask"):
+        for kind in kinds:
             if kind in by:
                 o, s = by[kind], by["scanpy"]
                 print(

@@ -364,10 +364,27 @@ def _prepare_bulk(cfg: ExperimentConfig, adata: AnnData, *, digest: str, source:
     )
 
 
+def _metadata_only(cfg: ExperimentConfig) -> AnnData | None:
+    """Return a streamed h5ad's obs and var without counts (what a dry run checks), or None for other inputs."""
+    if cfg.data.path is None or not _streams(cfg):
+        return None
+    import anndata as ad
+    import pandas as pd
+
+    from biomarkers.compute._sources import check_read_kwargs, path_refs
+
+    refs, var = path_refs(Path(cfg.data.path), check_read_kwargs(_read_kwargs(cfg)))
+    if var is None:  # 10x libraries: metadata come with the counts
+        return None
+    obs = pd.concat([r.obs for r in refs])
+    return ad.AnnData(obs=obs, var=var)
+
+
 def check_experiment(cfg: ExperimentConfig) -> None:
     """Validate an experiment's data without computing features (``run --dry-run``).
 
-    Checks the input reads (with ``data.query`` and ``data.labels``), the patient and label columns, label values
+    A streamed h5ad is checked from its ``obs`` and ``var`` only (no counts are read). Checks the input reads (with
+    ``data.query`` and ``data.labels``), the patient and label columns, label values
     and classes, that each patient's samples agree in tissue / timepoint / inflamed status, the number of
     patients per class against ``cv.n_splits``, and gene-set coverage. Raises a
     :class:`biomarkers.BiomarkersError` subclass on the first problem.
@@ -375,7 +392,9 @@ def check_experiment(cfg: ExperimentConfig) -> None:
     from biomarkers.models import patient_folds
     from biomarkers.signatures import coverage_report, load_gene_sets
 
-    adata, _, _ = load_cohort(cfg)
+    adata = _metadata_only(cfg)
+    if adata is None:
+        adata, _, _ = load_cohort(cfg)
     if cfg.data.kind == "bulk":
         y = binary_labels(adata.obs[K.RESPONSE], where=f"column '{cfg.data.label_col}'")
         if K.PATIENT in adata.obs:

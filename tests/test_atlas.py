@@ -250,3 +250,16 @@ def test_one_input_gene_never_stands_for_two_reference_genes():
     ref = ScoringReference(sets={"MNP": {"S": SetReference(genes=("CCL3L1", "A"), controls=("CCL3L3", "B"))}})
     mapping = ref.resolve(["CCL3L1", "A", "B"])
     assert mapping == {"A": "A", "B": "B", "CCL3L1": "CCL3L1"}
+
+
+def test_dry_run_checks_an_h5ad_from_its_metadata_only(atlas, monkeypatch):
+    import biomarkers.io
+
+    def no_counts(*args: object, **kwargs: object) -> None:
+        msg = "a dry run of a streamed h5ad must not read its counts"
+        raise AssertionError(msg)
+
+    monkeypatch.setattr(biomarkers.io, "read_cohort", no_counts)
+    bm.check_experiment(bm.load_config(atlas["config"]))
+    with pytest.raises(DataSchemaError, match="differ in timepoint"):
+        bm.check_experiment(bm.load_config(atlas["config"], overrides=["data.query=disease_status == 'inflamed'"]))
