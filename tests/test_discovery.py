@@ -50,7 +50,7 @@ def planted():
 def planted_de(planted):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return differential_expression(planted, compartments=["stroma", "MNP"], min_cells=5)
+        return differential_expression(planted, compartments=["stroma", "MNP"], method="deseq2_fast", min_cells=5)
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +83,39 @@ def test_pseudobulk_matches_groupby_sum(tiny, dense):
     assert (meta[k.RESPONSE] == truth.loc[meta.index]).all()
 
 
+def _pseudobulk_hand_written(adata, compartment, patient_col=k.PATIENT):
+    """The one-hot sparse product that pseudobulk replaced by sc.get.aggregate, kept as the reference."""
+    x = adata.layers[k.COUNTS]
+    x = x.tocsr() if sparse.issparse(x) else sparse.csr_matrix(np.asarray(x))
+    mask = np.asarray(adata.obs[k.COMPARTMENT].astype(str) == compartment)
+    uniq, inv = np.unique(adata.obs[patient_col].astype(str).to_numpy()[mask], return_inverse=True)
+    rows = np.flatnonzero(mask)
+    onehot = sparse.csr_matrix((np.ones(rows.size), (inv, rows)), shape=(uniq.size, adata.n_obs))
+    sums = np.rint(np.asarray((onehot @ x).todense())).astype(np.int64)
+    return pd.DataFrame(sums, index=pd.Index(uniq, name=k.PATIENT), columns=adata.var_names.astype(str))
+
+
+def test_pseudobulk_aggregate_matches_the_hand_written_sum(tiny):
+    adata = tiny.copy()
+    adata.obs[k.PATIENT] = adata.obs[k.PATIENT].str[1:].astype(int)  # integer ids: sorted as strings, as before
+    x = adata.layers[k.COUNTS].astype(np.float32).tolil()
+    x[:, 0] = 0
+    x[0, 0], x[1, 0] = 2**24 - 1, 2  # one patient's sum, 2**24 + 1, is not a float32: sums must run in float64
+    adata.layers[k.COUNTS] = x.tocsr()
+    adata.obs.loc[adata.obs_names[:2], k.COMPARTMENT] = ct.STROMA
+    adata.obs.loc[adata.obs_names[1], k.PATIENT] = adata.obs[k.PATIENT].iloc[0]
+    for comp in (ct.STROMA, ct.EPITHELIUM):
+        counts, meta = pseudobulk(adata, compartment=comp, min_cells=1)
+        pd.testing.assert_frame_equal(counts, _pseudobulk_hand_written(adata, comp))
+        assert meta.index.equals(counts.index)
+    assert counts.index.tolist() == sorted(counts.index)  # "10" < "2"
+    stroma, _ = pseudobulk(adata, compartment=ct.STROMA, min_cells=1)
+    assert stroma.iloc[:, 0].max() == 2**24 + 1
+    empty, empty_meta = pseudobulk(adata, compartment="liver", min_cells=1)
+    assert empty.shape == (0, adata.n_vars)
+    assert empty_meta.empty
+
+
 def test_pseudobulk_all_preserves_total_and_min_cells_drops(tiny):
     counts, _ = pseudobulk(tiny, compartment="all", min_cells=1)
     assert int(counts.to_numpy().sum()) == int(tiny.layers[k.COUNTS].sum())
@@ -110,9 +143,29 @@ def test_pseudobulk_errors(tiny):
 # ---- DE building blocks -------------------------------------------------------------------------------------------
 
 
+def _bh_hand_written(pvalues):
+    """The BH adjustment that bh_adjust replaced by scipy.stats.false_discovery_control, kept as the reference."""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = np.isfinite(p)
+    m = int(ok.sum())
+    if m == 0:
+        return out
+    order = np.argsort(p[ok])
+    adj = np.minimum.accumulate((p[ok][order] * m / np.arange(1, m + 1))[::-1])[::-1]
+    vals = np.empty(m)
+    vals[order] = np.minimum(adj, 1.0)
+    out[ok] = vals
+    return out
+
+
 def test_bh_adjust_matches_scipy():
     p = np.random.default_rng(0).uniform(size=200) ** 3
     np.testing.assert_allclose(bh_adjust(p), stats.false_discovery_control(p), rtol=1e-12)
+    tied = np.r_[p[:50], p[:20], np.nan, 1.0, 0.0, np.nan]
+    np.testing.assert_allclose(bh_adjust(tied), _bh_hand_written(tied), rtol=1e-12)
+    assert np.isnan(bh_adjust(np.array([np.nan, np.nan]))).all()
+    assert bh_adjust(np.array([])).shape == (0,)
     with_nan = np.r_[p[:10], np.nan]
     out = bh_adjust(with_nan)
     assert np.isnan(out[-1])
@@ -171,7 +224,8 @@ def test_fast_deseq2_inference_matches_pydeseq2():
 
     counts, y = _toy_counts(seed=1, n=12, g=80)
     counts.iloc[y == 1, :8] *= 3  # a few true differences
-    ours = rank_genes(counts, y, method="deseq2").set_index("gene")
+    ours = rank_genes(counts, y, method="deseq2_fast").set_index("gene")
+    stock = rank_genes(counts, y, method="deseq2").set_index("gene")
     meta = pd.DataFrame({"condition": np.where(y == 1, "NR", "R")}, index=counts.index)
     inference = DefaultInference(n_cpus=1)
     with warnings.catch_warnings():
@@ -181,9 +235,14 @@ def test_fast_deseq2_inference_matches_pydeseq2():
         ds = DeseqStats(dds, contrast=["condition", "NR", "R"], inference=inference, quiet=True)
         ds.summary()
     ref = ds.results_df.loc[ours.index]
+    # method="deseq2" is PyDESeq2 itself, padj its own (independent filtering), not recomputed.
+    for col, ref_col in [("stat", "stat"), ("log2FC", "log2FoldChange"), ("pvalue", "pvalue"), ("padj", "padj")]:
+        np.testing.assert_allclose(stock.loc[ours.index, col], ref[ref_col], rtol=1e-10)
+    # deseq2_fast: the same within the grid's resolution
     assert np.corrcoef(ours["stat"], ref["stat"])[0, 1] > 0.999
     np.testing.assert_allclose(ours["log2FC"], ref["log2FoldChange"], atol=0.05)
     assert set(ours.index[ours["padj"] < 0.05]) == set(ref.index[ref["padj"] < 0.05])
+    assert ours["padj"].isna().sum() == ref["padj"].isna().sum()
 
 
 # ---- differential expression on simulated cohorts -----------------------------------------------------------------
@@ -201,7 +260,7 @@ def test_de_recovers_planted_stroma_genes(planted, planted_de):
 
 
 def test_null_cohorts_control_fdr_fast():
-    """Small version of the slow test: 3 null cohorts, 2 compartments, PyDESeq2."""
+    """Small version of the slow test: 3 null cohorts, 2 compartments, PyDESeq2 (vectorised inference)."""
     rates = []
     for seed in (11, 12, 13):
         adata = _with_compartments(
@@ -209,7 +268,9 @@ def test_null_cohorts_control_fdr_fast():
         )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            res = differential_expression(adata, compartments=[ct.STROMA, ct.EPITHELIUM], min_cells=5)
+            res = differential_expression(
+                adata, compartments=[ct.STROMA, ct.EPITHELIUM], method="deseq2_fast", min_cells=5
+            )
         n_sig = sum(int((t["padj"] < 0.05).sum()) for t in res.values())
         rates.append(n_sig / sum(len(t) for t in res.values()))
     assert np.mean(rates) <= 0.05
@@ -217,7 +278,10 @@ def test_null_cohorts_control_fdr_fast():
 
 @pytest.mark.slow
 def test_null_cohorts_control_fdr_default_size(request):
-    """Default-size null cohorts (40 x 500 x 2000), full QC/annotation, six compartments, 5 seeds (~2 min)."""
+    """Default-size null cohorts (40 x 500 x 2000), full QC/annotation, six compartments, 5 seeds (~2 min).
+
+    ``deseq2_fast``: PyDESeq2's own inference takes ~30 s per compartment here (benchmarks/deseq2_inference.py).
+    """
     from biomarkers.discovery import annotate_cells
 
     if "slow" not in (request.config.getoption("markexpr") or ""):
@@ -228,7 +292,7 @@ def test_null_cohorts_control_fdr_default_size(request):
         cells = annotate_cells(bm.simulate_cohort(effect_size=0.0, seed=seed))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            res = differential_expression(cells)
+            res = differential_expression(cells, method="deseq2_fast")
         n_sig = sum(int((t["padj"] < 0.05).sum()) for t in res.values())
         per_seed.append((n_sig, sum(len(t) for t in res.values())))
     rates = [s / n for s, n in per_seed]
@@ -463,6 +527,24 @@ def test_experiment_with_discovered_signature_discovers_inside_folds(monkeypatch
 
 
 # ---- CLI and API conventions -----------------------------------------------------------------------------------------
+
+
+def test_discovery_method_key_picks_the_deseq2_inference(tmp_path, monkeypatch):
+    """``discovery.method`` decides how ``deseq2`` (the CLI default) is fitted: PyDESeq2's own unless opted in."""
+    from biomarkers.discovery import _entry
+
+    seen = []
+    monkeypatch.setattr(_entry, "_cells_from_config", lambda cfg: (None, "sim"))
+    monkeypatch.setattr(_entry, "discover", lambda cells, **kw: seen.append(kw["method"]))
+    plain, fast = tmp_path / "plain.yaml", tmp_path / "fast.yaml"
+    plain.write_text("name: plain\n")
+    fast.write_text("name: fast\ndiscovery: {method: deseq2_fast}\n")
+    for path, method in [(plain, "deseq2"), (fast, "deseq2"), (fast, "ttest"), (fast, "deseq2_fast")]:
+        _entry.run_discovery(path, out_dir=tmp_path / "out", method=method, track=False)
+    _entry.run_discovery(plain, out_dir=tmp_path / "out", overrides=["discovery.method=deseq2_fast"], track=False)
+    assert seen == ["deseq2", "deseq2_fast", "ttest", "deseq2_fast", "deseq2_fast"]
+    with pytest.raises(ConfigError, match=r"discovery\.method"):
+        bm.load_config(plain, overrides=["discovery.method=fast"])
 
 
 def test_cli_discover_on_h5ad(tmp_path):

@@ -202,6 +202,57 @@ def test_feature_selection_happens_inside_folds():
     assert leaky["auroc_ci_low"] > 0.5
 
 
+def _anova_hand_written(X, y):
+    """The one-way ANOVA F that anova_f_safe replaced by sklearn's f_classif, kept as the reference."""
+    from scipy import stats
+
+    classes = np.unique(y)
+    n, k = X.shape[0], classes.size
+    grand = X.mean(axis=0)
+    ss_between, ss_within = np.zeros(X.shape[1]), np.zeros(X.shape[1])
+    for c in classes:
+        Xc = X[y == c]
+        ss_between += Xc.shape[0] * (Xc.mean(axis=0) - grand) ** 2
+        ss_within += ((Xc - Xc.mean(axis=0)) ** 2).sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f = (ss_between / (k - 1)) / (ss_within / (n - k))
+    f = np.nan_to_num(np.where(ss_within > 0, f, np.where(ss_between > 0, np.inf, 0.0)), nan=0.0)
+    p = np.where(np.isfinite(f), stats.f.sf(np.where(np.isfinite(f), f, 0.0), k - 1, n - k), 0.0)
+    return f, p
+
+
+def test_anova_f_safe_is_f_classif_with_constant_features_at_zero():
+    import warnings
+
+    from sklearn.feature_selection import SelectKBest, f_classif
+
+    X, y = _cohort(24, 40, signal=1.0, seed=7)
+    X, y = X.to_numpy(), y.to_numpy()
+    X[:, 3] = 0.7  # constant: f_classif says NaN (and warns)
+    X[:, 5] = 123.456  # constant: f_classif's sum-of-squares formula gives a spurious F
+    X[:, 7] = y  # separated, no within-class variance: F = inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warnings from constant features
+        f, p = anova_f_safe(X, y)
+    ref_f, ref_p = _anova_hand_written(X, y)
+    usual = np.ones(X.shape[1], dtype=bool)
+    usual[[3, 5, 7]] = False
+    np.testing.assert_allclose(f[usual], ref_f[usual], rtol=1e-8)
+    np.testing.assert_allclose(p[usual], ref_p[usual], rtol=1e-8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        np.testing.assert_allclose(f[usual], f_classif(X, y)[0][usual], rtol=1e-12)
+    # Constant columns: 0 here; the hand-written version's rounding gave them a spurious F too (88 and 22).
+    assert (f[[3, 5]] == 0).all()
+    assert (p[[3, 5]] == 1).all()
+    assert ref_f[[3, 5]].min() > 1
+    assert np.isinf(f[7])
+    assert p[7] == 0
+    chosen = SelectKBest(anova_f_safe, k=5).fit(X, y).get_support(indices=True)
+    assert 7 in chosen
+    assert not {3, 5} & set(chosen)
+
+
 def test_lightgbm_splits_on_30_rows():
     X, y = _cohort(30, 5, signal=1.5, seed=5)
     pipe = fit_final({"kind": "lightgbm"}, X, y, seed=0)

@@ -121,3 +121,59 @@ def test_aqp9_call_tracks_inflammatory_macrophages(processed_default):
     acc = (p.obs.loc[mac, K.AQP9_MAC] == inflammatory[mac]).mean()
     assert acc >= 0.9
     assert not p.obs.loc[p.obs[K.COMPARTMENT] != CT.MNP, K.AQP9_MAC].any()
+
+
+def _scrublet_per_sample_loop(adata, sample_col, seed):
+    """The hand-written loop that ``sc.pp.scrublet(batch_key=...)`` replaced, kept here as the reference."""
+    calls = pd.Series(data=False, index=adata.obs_names)
+    score = pd.Series(np.nan, index=adata.obs_names)
+    for _, idx in adata.obs.groupby(sample_col, observed=True).indices.items():
+        if len(idx) < 50:
+            continue
+        sub = adata[idx].copy()
+        sc.pp.scrublet(sub, random_state=seed, verbose=False)
+        calls.iloc[idx] = sub.obs["predicted_doublet"].astype(bool).to_numpy()
+        score.iloc[idx] = sub.obs["doublet_score"].to_numpy()
+    return calls, score
+
+
+@pytest.fixture
+def fixed_threshold_scrublet(monkeypatch):
+    """scikit-image (Scrublet's automatic threshold) is not a dependency: a fixed threshold for every call."""
+    from functools import partial
+
+    monkeypatch.setattr(sc.pp, "scrublet", partial(sc.pp.scrublet, threshold=0.1))
+
+
+def test_scrublet_batch_key_matches_the_per_sample_loop(small_cohort, fixed_threshold_scrublet):
+    from biomarkers.preprocess._qc import _scrublet_calls
+
+    samples = ["P007_S1", "P011_S1", "P001_S1"]
+    ad = small_cohort[small_cohort.obs[K.SAMPLE].isin(samples)].copy()
+    cut = ad.obs_names[(ad.obs[K.SAMPLE] == "P001_S1").to_numpy()][40:]  # P001_S1: 40 cells, below the guard
+    ad = ad[~ad.obs_names.isin(cut)].copy()
+    ref_calls, ref_score = _scrublet_per_sample_loop(ad, K.SAMPLE, seed=0)
+    calls = _scrublet_calls(ad, sample_col=K.SAMPLE, seed=0)
+    pd.testing.assert_series_equal(calls, ref_calls)
+    np.testing.assert_allclose(ad.obs[K.QC_DOUBLET_SCORE], ref_score)
+    small = (ad.obs[K.SAMPLE] == "P001_S1").to_numpy()
+    assert not calls[small].any()
+    assert ad.obs.loc[small, K.QC_DOUBLET_SCORE].isna().all()
+    assert calls.any()
+
+
+def test_scrublet_skips_cells_its_filters_drop(small_cohort, fixed_threshold_scrublet):
+    """A cell with 2 genes: plain sc.pp.scrublet(batch_key=...) raises KeyError (scverse/scanpy#2377); ours skips it."""
+    from biomarkers.preprocess._qc import _scrublet_calls
+
+    ad = small_cohort[small_cohort.obs[K.SAMPLE].isin(["P007_S1", "P011_S1"])].copy()
+    x = ad.X.tolil()
+    x[0] = 0
+    x[0, :2] = 5
+    ad.X = x.tocsr()
+    with pytest.raises(KeyError):
+        sc.pp.scrublet(ad.copy(), batch_key=K.SAMPLE, verbose=False)
+    calls = _scrublet_calls(ad, sample_col=K.SAMPLE, seed=0)
+    assert not calls.iloc[0]
+    assert np.isnan(ad.obs[K.QC_DOUBLET_SCORE].iloc[0])
+    assert ad.obs[K.QC_DOUBLET_SCORE].iloc[1:].notna().all()

@@ -163,6 +163,17 @@ class ComputeSpec(_Strict):
         return self
 
 
+class DiscoverySpec(_Strict):
+    """``biomarkers discover`` on this experiment's cohort.
+
+    ``method`` is how the DESeq2 test (``--method deseq2``, the default) is fitted: ``deseq2`` = PyDESeq2's own
+    ``DefaultInference``; ``deseq2_fast`` = the package's vectorised inference (``discovery/_inference.py``, which
+    overrides PyDESeq2 internals), opt-in: 6-10x faster (``benchmarks/deseq2_inference.py``).
+    """
+
+    method: Literal["deseq2", "deseq2_fast"] = "deseq2"
+
+
 class ExperimentConfig(_Strict):
     """An experiment: data -> preprocess -> signatures -> features -> models -> MLflow."""
 
@@ -189,6 +200,7 @@ class ExperimentConfig(_Strict):
     plots: PlotSpec = Field(default_factory=PlotSpec)
     registry: RegistrySpec = Field(default_factory=RegistrySpec)
     compute: ComputeSpec = Field(default_factory=ComputeSpec)
+    discovery: DiscoverySpec = Field(default_factory=DiscoverySpec)
     seed: int = 0
 
     @property

@@ -93,7 +93,8 @@ def differential_expression(
     label_col, positive, negative
         Response column and its two values (non-responder vs responder).
     method
-        ``deseq2`` (default), ``ttest`` or ``wilcoxon``; see :func:`rank_genes`.
+        ``deseq2`` (default, PyDESeq2's own inference), ``deseq2_fast`` (vectorised, opt-in), ``ttest`` or
+        ``wilcoxon``; see :func:`rank_genes`.
     min_patients_per_group
         A compartment with fewer patients in either group (after ``min_cells``) is skipped with a warning.
     min_cells

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from biomarkers import _keys as k
 from biomarkers._errors import ConfigError
-from biomarkers.discovery._de import DEFAULT_COMPARTMENTS, Method
+from biomarkers.discovery._de import DEFAULT_COMPARTMENTS, DESEQ2_METHODS, Method
 from biomarkers.discovery._discover import DiscoveryResult, discover
 from biomarkers.discovery._nested import NestedCVResult, cv_with_discovery
 
@@ -49,6 +49,11 @@ def _cells_from_config(cfg: ExperimentConfig) -> tuple[AnnData, str]:
     return pipe.process(adata), source
 
 
+def _deseq2_method(method: Method, cfg: ExperimentConfig) -> Method:
+    """``deseq2`` becomes the experiment's ``discovery.method`` (``deseq2`` or the opt-in ``deseq2_fast``)."""
+    return cfg.discovery.method if method == "deseq2" else method
+
+
 def run_discovery(
     path: str | PathLike[str],
     *,
@@ -71,7 +76,8 @@ def run_discovery(
     out_dir
         Output folder; default ``discovery/<name>-<UTC timestamp>``.
     compartments, covariates, method, fdr, top_n, track
-        As in :func:`discover`.
+        As in :func:`discover`. With an experiment YAML, ``method='deseq2'`` is fitted as its ``discovery.method``
+        says (``deseq2``: PyDESeq2's own inference, the default; ``deseq2_fast``: the vectorised one).
     overrides
         ``key=value`` config overrides (``--set``), for a YAML ``path`` only.
 
@@ -80,7 +86,7 @@ def run_discovery(
     The :class:`DiscoveryResult`.
     """
     p = Path(path)
-    if method == "deseq2":  # before reading and processing the cohort, not after
+    if method in DESEQ2_METHODS:  # before reading and processing the cohort, not after
         from biomarkers._optional import require
 
         require("pydeseq2", "discover", purpose="biomarkers discover (method deseq2)")
@@ -89,6 +95,7 @@ def run_discovery(
         from biomarkers.config import load_config
 
         cfg = load_config(p, overrides=list(overrides or []))
+        method = _deseq2_method(method, cfg)
         cells, source = _cells_from_config(cfg)
         # The cohort's labels are canonical (data.positive_label is the raw value read_cohort mapped), as in `run`.
         name, positive, negative, seed = cfg.name, k.NON_RESPONDER, k.RESPONDER, cfg.seed
@@ -131,7 +138,7 @@ def cv_experiment_with_discovery(
     cfg
         The experiment (single-cell).
     compartments, method, top_n, fdr
-        Discovery settings (see :class:`NestedDiscoveryFeature`).
+        Discovery settings (see :class:`NestedDiscoveryFeature`); ``method='deseq2'`` follows ``discovery.method``.
     adata
         Cells to use instead of ``cfg.data``.
     n_boot
@@ -144,6 +151,7 @@ def cv_experiment_with_discovery(
     from biomarkers.cohort import prepare_cohort
     from biomarkers.models import patient_folds, spec_name
 
+    method = _deseq2_method(method, cfg)
     cohort = prepare_cohort(cfg, adata=adata)
     if cohort.cells is None:
         msg = (

@@ -1,13 +1,19 @@
 """A faster PyDESeq2 inference back-end: dispersions by a grid search vectorised over genes.
 
-PyDESeq2 fits each gene's dispersion with its own scipy L-BFGS-B call, about 5-10 ms per gene on one core (and
-slower and less stable with the scipy >= 1.15 L-BFGS-B rewrite, scverse/PyDESeq2#391, scipy/scipy#23161). Its
+PyDESeq2 fits each gene's dispersion with its own scipy L-BFGS-B call (its whole fit takes ~2 ms per gene on one
+core in ``benchmarks/deseq2_inference.py``, more under load; L-BFGS-B is slower and less stable since the
+scipy >= 1.15 rewrite, scverse/PyDESeq2#391, scipy/scipy#23161). Its
 documented fallback for genes where L-BFGS-B fails is a 1-D grid search on log(alpha): a coarse grid over
 ``[min_disp, max_disp]`` then a fine grid around the best point (``pydeseq2.grid_search.grid_fit_alpha``). Here that
 same grid search, with the same loss (negative binomial likelihood + Cox-Reid adjustment + the optional log-normal
-prior of the MAP step), is run for every gene at once with numpy, which makes the dispersion steps about 20-50x
-faster. The fine grid resolves log(alpha) to ~0.005, far below the estimate's standard error with tens of samples.
-Everything else (size factors, trend, prior, IRLS, Cook's distances, Wald tests) is PyDESeq2's own.
+prior of the MAP step), is run for every gene at once with numpy; IRLS and the Wald test are vectorised over genes
+too. The fine grid resolves log(alpha) to ~0.005, far below the estimate's standard error with tens of samples.
+Everything else (size factors, trend, prior, Cook's distances, independent filtering) is PyDESeq2's own.
+
+Opt-in: DE method ``deseq2_fast`` (config ``discovery.method: deseq2_fast``); the default ``deseq2`` uses PyDESeq2's
+``DefaultInference``. The whole fit of one compartment of the default simulated cohort (40 patients x 2,000 genes)
+is 6-10x faster (``benchmarks/deseq2_inference.py``). It overrides ``DefaultInference`` methods, so the ``discover``
+extra pins pydeseq2 to the tested 0.5 line.
 """
 
 from __future__ import annotations

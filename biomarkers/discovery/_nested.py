@@ -61,7 +61,8 @@ class NestedDiscoveryFeature(TransformerMixin, BaseEstimator):
         If set, only genes with ``padj < fdr`` (the signature may then be empty: score 0). ``None`` keeps the
         ``top_n`` largest positive statistics, which always gives a signature.
     method
-        DE method (``ttest`` is fast enough to refit in every fold; ``deseq2`` also works, slower).
+        DE method (``ttest`` is fast enough to refit in every fold; ``deseq2_fast`` also works, slower, and
+        ``deseq2``, PyDESeq2's own inference, much slower).
     min_counts, min_expressed
         Gene filter of :func:`biomarkers.discovery.rank_genes`.
     passthrough

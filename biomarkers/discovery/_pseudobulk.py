@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from scipy import sparse
 
 from biomarkers import _keys as k
 from biomarkers._errors import DataSchemaError
@@ -26,6 +25,7 @@ logger = logging.getLogger("biomarkers")
 
 ALL = "all"  # every cell of the patient, the single-cell analogue of a bulk biopsy
 META_COLUMNS: tuple[str, ...] = (k.RESPONSE, k.BATCH)
+_BY = "_patient"  # grouping column of the lean AnnData handed to sc.get.aggregate
 FAMILY_PBCOUNT = "pbcount"  # raw pseudobulk counts, input of nested discovery: pbcount__<compartment>__<gene>
 
 
@@ -42,7 +42,7 @@ def _require_obs(adata: AnnData, cols: Sequence[str], *, hint: str) -> None:
         raise DataSchemaError(msg)
 
 
-def _counts_matrix(adata: AnnData, layer: str | None) -> sparse.csr_matrix:
+def _check_counts_layer(adata: AnnData, layer: str | None) -> None:
     from biomarkers.preprocess import check_counts
 
     if layer is not None and layer not in adata.layers:
@@ -52,8 +52,6 @@ def _counts_matrix(adata: AnnData, layer: str | None) -> sparse.csr_matrix:
         )
         raise DataSchemaError(msg)
     check_counts(adata, layer=layer)
-    x = adata.layers[layer] if layer is not None else adata.X
-    return x.tocsr() if sparse.issparse(x) else sparse.csr_matrix(np.asarray(x))
 
 
 def _mode(values: pd.Series) -> object:
@@ -69,7 +67,7 @@ def pseudobulk(
     layer: str | None = k.COUNTS,
     min_cells: int = 10,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Sum raw counts per patient within one compartment.
+    """Sum raw counts per patient within one compartment (``sc.get.aggregate(..., func="sum")``).
 
     Parameters
     ----------
@@ -108,18 +106,30 @@ def pseudobulk(
             [k.COMPARTMENT],
             hint="Annotate the cells first: biomarkers.features.FeaturePipeline(...).process(adata).",
         )
-    x = _counts_matrix(adata, layer)
+    import scanpy as sc
+
+    _check_counts_layer(adata, layer)
     obs = adata.obs
     mask = np.ones(adata.n_obs, dtype=bool) if compartment == ALL else (obs[k.COMPARTMENT].astype(str) == compartment)
     mask = np.asarray(mask)
-    patients = obs[patient_col].astype(str).to_numpy()
-    uniq, inv = np.unique(patients[mask], return_inverse=True)
-    rows = np.flatnonzero(mask)
-    onehot = sparse.csr_matrix((np.ones(rows.size), (inv, rows)), shape=(uniq.size, adata.n_obs))
-    sums = np.asarray((onehot @ x).todense())
-    n_cells = np.bincount(inv, minlength=uniq.size)
-    index = pd.Index(uniq, name=k.PATIENT)
-    counts = pd.DataFrame(np.rint(sums).astype(np.int64), index=index, columns=pd.Index(adata.var_names.astype(str)))
+    # sc.get.aggregate over the compartment's cells (a subset rather than mask=, whose float32 weights would sum
+    # float32 counts in float32), grouped by the patient id as a string; positional names avoid duplicate warnings.
+    cells = adata if mask.all() else adata[mask]
+    x = cells.layers[layer] if layer is not None else cells.X
+    patients = cells.obs[patient_col].astype(str).to_numpy()
+    genes = pd.Index(adata.var_names.astype(str))
+    if patients.size:
+        lean = sc.AnnData(
+            X=x,
+            obs=pd.DataFrame({_BY: patients}, index=pd.RangeIndex(patients.size).astype(str)),
+            var=pd.DataFrame(index=pd.RangeIndex(genes.size).astype(str)),
+        )
+        sums = sc.get.aggregate(lean, by=_BY, func="sum").to_df(layer="sum").sort_index()
+    else:
+        sums = pd.DataFrame(np.zeros((0, genes.size)), index=pd.Index([], dtype=object))
+    index = pd.Index(sums.index.astype(str), name=k.PATIENT)
+    n_cells = pd.Series(patients).value_counts().reindex(index).to_numpy(dtype=np.int64)
+    counts = pd.DataFrame(np.rint(sums.to_numpy()).astype(np.int64), index=index, columns=genes)
     sub = obs.loc[mask]
     meta = pd.DataFrame(index=index)
     for col in META_COLUMNS:

@@ -91,7 +91,8 @@ def qc(
     mt_prefix
         Prefix of mitochondrial genes.
     remove_doublets
-        Also run Scrublet (``sc.pp.scrublet``) per sample and drop predicted doublets.
+        Also run Scrublet per sample (``sc.pp.scrublet(batch_key=sample_col)``) and drop predicted doublets;
+        samples with fewer than 50 cells are not scored.
     seed
         Seed for Scrublet.
     copy
@@ -166,15 +167,48 @@ def qc(
     return None
 
 
+SCRUBLET_MIN_CELLS = 50  # smaller samples are not scored: too few cells to simulate doublets against
+
+
 def _scrublet_calls(adata: AnnData, *, sample_col: str, seed: int | None) -> pd.Series:
+    """Predicted doublets from ``sc.pp.scrublet(batch_key=sample_col)``: Scrublet on each sample on its own.
+
+    Samples with fewer than ``SCRUBLET_MIN_CELLS`` cells are not scored (no doublet calls, no score). Scrublet
+    reads raw counts from ``X`` of a lean copy (sample column, positional index), so ``adata.obs`` is not replaced
+    and duplicate cell names across samples do not matter (scverse/scanpy#4098). Cells that Scrublet's own filters
+    would drop (fewer than 3 genes detected in >= 3 cells of their sample) are left out first: with ``batch_key``
+    scanpy raises KeyError on them (scverse/scanpy#2377); they are not called doublets (the QC floors remove them).
+    """
+    import anndata as ad
     import scanpy as sc
 
     calls = pd.Series(data=False, index=adata.obs_names)
-    for _, idx in adata.obs.groupby(sample_col, observed=True).indices.items():
-        if len(idx) < 50:  # Scrublet needs enough cells to simulate doublets against
-            continue
-        sub = adata[idx].copy()
-        sc.pp.scrublet(sub, random_state=0 if seed is None else seed, verbose=False)
-        calls.iloc[idx] = sub.obs["predicted_doublet"].astype(bool).to_numpy()
-        adata.obs.loc[sub.obs_names, K.QC_DOUBLET_SCORE] = sub.obs["doublet_score"].to_numpy()
+    codes, names = pd.factorize(adata.obs[sample_col])  # NaN sample: code -1, never scored
+    sizes = np.bincount(codes[codes >= 0], minlength=len(names))
+    x = adata.X.tocsr() if sparse.issparse(adata.X) else sparse.csr_matrix(adata.X)
+    use = _scrublet_keeps(x, codes, n_samples=len(names), big=np.flatnonzero(sizes >= SCRUBLET_MIN_CELLS))
+    if not use.any():
+        return calls
+    lean = ad.AnnData(X=x[use], obs=pd.DataFrame({"sample": codes[use]}, index=np.flatnonzero(use).astype(str)))
+    sc.pp.scrublet(lean, batch_key="sample", random_state=0 if seed is None else seed, verbose=False)
+    calls.iloc[use] = lean.obs["predicted_doublet"].astype(bool).to_numpy()
+    score = np.full(adata.n_obs, np.nan)
+    score[use] = lean.obs["doublet_score"].to_numpy()
+    adata.obs[K.QC_DOUBLET_SCORE] = score
     return calls
+
+
+def _scrublet_keeps(x: sparse.csr_matrix, codes: np.ndarray, *, n_samples: int, big: np.ndarray) -> np.ndarray:
+    """Cells of samples ``big`` that sc.pp.scrublet's filters keep (>= 3 genes each detected in >= 3 of the cells)."""
+    rows = np.repeat(np.arange(x.shape[0]), np.diff(x.indptr))[x.data != 0]
+    cols = x.indices[x.data != 0]
+    use = np.isin(codes, big)
+    while True:  # to a fixed point: dropping a cell can take a gene below 3 cells
+        r = use[rows]
+        cells = sparse.coo_matrix((np.ones(r.sum()), (codes[rows[r]], cols[r])), shape=(n_samples, x.shape[1]))
+        ok = cells.toarray() >= 3
+        n_ok = np.bincount(rows[r], weights=ok[codes[rows[r]], cols[r]], minlength=x.shape[0])
+        new = use & (n_ok >= 3)
+        if (new == use).all():
+            return use
+        use = new
