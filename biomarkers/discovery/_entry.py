@@ -29,8 +29,8 @@ CONFIG_SUFFIXES = (".yaml", ".yml")
 def _cells_from_config(cfg: ExperimentConfig) -> tuple[AnnData, str]:
     """Load the config's cohort and process it exactly as :func:`biomarkers.prepare_cohort` does."""
     from biomarkers.cohort import load_cohort
-    from biomarkers.features import FeaturePipeline, PreprocessParams
-    from biomarkers.signatures import load_gene_sets
+    from biomarkers.features import FeaturePipeline
+    from biomarkers.io import check_sample_mix, sample_table
 
     if cfg.data.kind != "single_cell":
         msg = (
@@ -39,12 +39,9 @@ def _cells_from_config(cfg: ExperimentConfig) -> tuple[AnnData, str]:
         )
         raise ConfigError(msg)
     adata, _, source = load_cohort(cfg)
-    pipe = FeaturePipeline(
-        gene_sets=load_gene_sets(list(cfg.signatures), path=[str(p) for p in cfg.signature_files]),
-        plan={name: tuple(c) for name, c in cfg.signatures.items()},
-        preprocess=PreprocessParams(**cfg.preprocess.model_dump()),
-        seed=cfg.seed,
-    )
+    # The same sample selection guard as training: DE must not pool baseline with post-treatment biopsies.
+    check_sample_mix(sample_table(adata.obs), allow=cfg.data.allow_mixed_samples, source=Path(source).name)
+    pipe = FeaturePipeline.from_config(cfg)
     # read_cohort has already applied data.label_map / positive_label: the labels are canonical here.
     return pipe.process(adata), source
 
