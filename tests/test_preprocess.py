@@ -177,3 +177,21 @@ def test_scrublet_skips_cells_its_filters_drop(small_cohort, fixed_threshold_scr
     assert not calls.iloc[0]
     assert np.isnan(ad.obs[K.QC_DOUBLET_SCORE].iloc[0])
     assert ad.obs[K.QC_DOUBLET_SCORE].iloc[1:].notna().all()
+
+
+def test_doublet_removal_runs_with_scrublets_own_threshold(small_cohort):
+    # scikit-image (the doublets extra) gives Scrublet its automatic threshold; no threshold is fixed here.
+    pytest.importorskip("skimage")
+    kept = bm.qc(small_cohort, remove_doublets=True, copy=True)
+    assert 0 < kept.n_obs < small_cohort.n_obs
+    assert K.QC_DOUBLET_SCORE in kept.obs
+
+
+def test_doublet_removal_without_scikit_image_names_the_extra(small_cohort, monkeypatch):
+    import sys
+
+    from biomarkers._errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "skimage.filters", None)
+    with pytest.raises(MissingDependencyError, match=r"pip install 'biomarkers\[doublets\]'"):
+        bm.qc(small_cohort, remove_doublets=True, copy=True)

@@ -182,6 +182,10 @@ def _scrublet_calls(adata: AnnData, *, sample_col: str, seed: int | None) -> pd.
     import anndata as ad
     import scanpy as sc
 
+    from biomarkers._optional import require
+
+    # Scrublet's automatic threshold (threshold_minimum) comes from scikit-image, which scanpy does not install.
+    require("skimage.filters", "doublets", purpose="preprocess.remove_doublets")
     calls = pd.Series(data=False, index=adata.obs_names)
     codes, names = pd.factorize(adata.obs[sample_col])  # NaN sample: code -1, never scored
     sizes = np.bincount(codes[codes >= 0], minlength=len(names))
