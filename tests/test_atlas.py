@@ -263,3 +263,21 @@ def test_dry_run_checks_an_h5ad_from_its_metadata_only(atlas, monkeypatch):
     bm.check_experiment(bm.load_config(atlas["config"]))
     with pytest.raises(DataSchemaError, match="differ in timepoint"):
         bm.check_experiment(bm.load_config(atlas["config"], overrides=["data.query=disease_status == 'inflamed'"]))
+
+
+def test_predict_and_features_on_dask_equal_in_process(trained, atlas):
+    # A real scheduler on a tcp:// address with an in-process worker (no worker start-up imports), as in test_compute.
+    distributed = pytest.importorskip("distributed")
+    from biomarkers.cohort import features_from_file
+
+    uri = "models:/atlas-model@champion"
+    cfg = bm.load_config(atlas["config"])
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", host="127.0.0.1", dashboard_address=None,
+        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+    ) as cluster:  # fmt: skip
+        address = cluster.scheduler_address
+        on_dask = bm.predict(atlas["new"], model_uri=uri, scheduler=address)
+        feats_dask = features_from_file(atlas["new"], config=cfg, scheduler=address)
+    pd.testing.assert_frame_equal(on_dask, bm.predict(atlas["new"], model_uri=uri), check_exact=False, rtol=1e-12)
+    pd.testing.assert_frame_equal(feats_dask, features_from_file(atlas["new"], config=cfg), check_exact=False, rtol=1e-12)
