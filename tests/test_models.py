@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import pickle
 
 import numpy as np
@@ -402,3 +403,81 @@ def test_per_repeat_metrics_count_patients_not_samples():
     row = res.metrics.loc["logreg"]
     assert row["n"] == 20
     assert row["auroc"] == pytest.approx(row["auroc_repeat_mean"])
+
+
+# --- workers: the same results in process, on 2 loky workers and on Dask ------------------------------------------
+PARALLEL_SPECS = [
+    {"kind": "logreg"},
+    {"kind": "random_forest", "params": {"n_estimators": 150}},  # the permutation test uses its first 100 trees
+    {"kind": "lightgbm", "params": {"n_estimators": 30}},
+]
+
+
+def _evaluate_small(n_workers: int):
+    X, y = _cohort(20, 10, signal=1.0, seed=21)
+    return evaluate_models(X, y, model_specs=PARALLEL_SPECS, cv_spec={"n_splits": 3, "n_repeats": 2}, seed=4,
+                           n_boot=200, n_permutations=10, n_workers=n_workers)  # fmt: skip
+
+
+def _assert_same_evaluation(a, b) -> None:
+    for name in ("metrics", "per_repeat", "predictions"):
+        pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name), check_exact=True)
+    assert a.oof.keys() == b.oof.keys()
+    for name in a.oof:
+        pd.testing.assert_frame_equal(a.oof[name], b.oof[name], check_exact=True)
+    np.testing.assert_array_equal(a.permutation.null, b.permutation.null)
+    assert (a.permutation.observed, a.permutation.p_value) == (b.permutation.observed, b.permutation.p_value)
+    assert (a.best_model, a.threshold) == (b.best_model, b.threshold)
+
+
+@pytest.fixture(scope="module")
+def one_worker():
+    return _evaluate_small(1)
+
+
+def test_same_results_on_one_and_two_workers(one_worker, caplog):
+    with caplog.at_level(logging.INFO, logger="biomarkers"):
+        two = _evaluate_small(2)
+    _assert_same_evaluation(one_worker, two)
+    assert any("24 CV fits" in r.getMessage() and "on 2 workers (loky)" in r.getMessage() for r in caplog.records)
+    assert one_worker.permutation.null.size == 10
+    assert np.unique(one_worker.permutation.null).size > 1  # each permutation draws its own labels and folds
+
+
+def test_same_results_on_dask(one_worker):
+    pytest.importorskip("distributed")
+    import joblib
+
+    from biomarkers.compute import dask_client
+
+    with dask_client("local", n_workers=2), joblib.parallel_config(backend="dask"):
+        dask = _evaluate_small(2)
+    _assert_same_evaluation(one_worker, dask)
+
+
+def test_permutation_observed_from_the_first_trees_of_the_cv_forests():
+    # evaluate_models reads the permutation's observed AUROC (100 trees) off its 150-tree CV forests without
+    # refitting; it must equal permutation_test's own run of the 100-tree forest, bit for bit.
+    X, y = _cohort(24, 6, signal=1.5, seed=5)
+    spec = {"kind": "random_forest", "params": {"n_estimators": 150, "max_depth": 3}}
+    res = evaluate_models(X, y, model_specs=[spec], baselines=[], cv_spec={"n_splits": 3, "n_repeats": 2}, seed=5,
+                          n_boot=100, n_permutations=2, n_workers=1)  # fmt: skip
+    fresh = permutation_test(_permutation_spec(spec)[0], X, y, n_splits=3, n_permutations=2, seed=5)
+    assert res.permutation.observed == fresh.observed
+    np.testing.assert_array_equal(res.permutation.null, fresh.null)
+
+
+def test_permutation_progress_bar_on_a_tty(monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    X, y = _cohort(20, 3, signal=1.0, seed=2)
+    permutation_test({"kind": "logreg"}, X, y, n_splits=3, n_permutations=5, seed=0)
+    assert "permutations" in capsys.readouterr().err
+
+
+def test_evaluate_models_n_jobs_is_a_deprecated_alias():
+    X, y = _cohort(20, 3, signal=1.0, seed=2)
+    with pytest.warns(DeprecationWarning, match="n_workers"):
+        evaluate_models(X, y, model_specs=[{"kind": "logreg"}], cv_spec={"n_splits": 3, "n_repeats": 1}, n_boot=100,
+                        n_permutations=0, n_jobs=1)  # fmt: skip

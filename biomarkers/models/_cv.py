@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, clone
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from biomarkers._errors import ConfigError, DataSchemaError
 from biomarkers._keys import NON_RESPONDER, PATIENT, RESPONDER
@@ -220,10 +222,175 @@ def _as_estimator(estimator_or_spec: BaseEstimator | Mapping[str, Any], *, seed:
     return estimator_or_spec
 
 
-def _fit_predict(est: BaseEstimator, X: pd.DataFrame, y: np.ndarray, train: np.ndarray, test: np.ndarray) -> np.ndarray:
-    model = clone(est).fit(X.iloc[train], y[train])
-    proba = model.predict_proba(X.iloc[test])
-    return proba[:, list(model.classes_).index(1)]  # cross_validate_model checked both classes are in `train`
+@functools.cache
+def _blas_controller() -> ThreadpoolController:
+    # Built once per process (a scan of the loaded libraries costs ~5 ms, as much as a logistic-regression fit);
+    # by the first fit, numpy's and scipy's BLAS are loaded (this module imports sklearn's estimators).
+    return ThreadpoolController()
+
+
+def _fit_predict(
+    est: BaseEstimator, X: pd.DataFrame, y: np.ndarray, train: np.ndarray, test: np.ndarray, trees: int | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Fit a clone on ``train`` and return P(non-responder) of ``test``, and of the forest's first ``trees`` trees.
+
+    One BLAS thread in every process, so a fit gives the same bits in process, in a joblib worker or on Dask (on tens
+    of rows BLAS threads only spin: on a busy 2-core machine a 2-thread BLAS made each logistic-regression fit ~15x
+    slower, 87 ms vs 5.6 ms). And joblib's sequential backend: joblib runs Dask tasks inside
+    ``parallel_config(backend="dask")``, so a forest's own ``Parallel(n_jobs=1)`` would send each of its trees to
+    the cluster as a task (the default experiment took 165 s on Dask instead of 33 s).
+    """
+    from joblib import parallel_config
+
+    with _blas_controller().limit(limits=1, user_api="blas"), parallel_config(backend="sequential"):
+        model = clone(est).fit(X.iloc[train], y[train])
+        col = list(model.classes_).index(1)  # cross_validate_model checked both classes are in `train`
+        p = model.predict_proba(X.iloc[test])[:, col]
+        if trees is None:
+            return p, None
+        # A seeded forest's first `trees` trees are the trees a `trees`-tree forest with that seed grows (sklearn draws
+        # one seed per tree in order, which warm_start relies on), and predict_proba averages trees in order: this is
+        # the smaller forest's prediction, bit for bit, without fitting it.
+        forest = copy.copy(model[-1])
+        forest.estimators_ = forest.estimators_[:trees]
+        forest.n_estimators = trees
+        return p, forest.predict_proba(model[:-1].transform(X.iloc[test]))[:, col]
+
+
+def run_tasks(
+    fn: Callable[..., Any],
+    tasks: Sequence[tuple[Any, ...]],
+    *,
+    n_workers: int = 1,
+    on_result: Callable[[], None] | None = None,
+) -> list[Any]:
+    """``[fn(*task) for task in tasks]``, in process (``n_workers=1``) or on joblib workers; results in task order.
+
+    Workers are joblib's default loky processes (model fits hold the GIL on tens of rows, so threads do not
+    scale), or whatever backend an enclosing ``joblib.parallel_config`` sets, e.g. ``backend="dask"`` with a
+    ``distributed.Client``. One task per batch: a task's cost differs by model (~5 ms for a logistic regression,
+    ~300 ms for a 300-tree forest), and joblib's automatic batching, tuned on cheap tasks, would put many costly
+    ones in one batch. Every task is seeded by its arguments, so results do not depend on the worker count.
+
+    Parameters
+    ----------
+    fn
+        A module-level function (picklable).
+    tasks
+        Argument tuples.
+    n_workers
+        1 runs in this process.
+    on_result
+        Called after each result (e.g. to advance a progress bar).
+
+    Returns
+    -------
+    The results, in task order.
+    """
+    if n_workers == 1:
+        results = []
+        for task in tasks:
+            results.append(fn(*task))
+            if on_result is not None:
+                on_result()
+        return results
+    from joblib import Parallel, delayed
+
+    parallel = Parallel(n_jobs=n_workers, prefer="processes", batch_size=1, return_as="generator")
+    results = []
+    for result in parallel(delayed(fn)(*task) for task in tasks):
+        results.append(result)
+        if on_result is not None:
+            on_result()
+    return results
+
+
+def describe_workers(n_workers: int) -> str:
+    """How :func:`run_tasks` runs ``n_workers`` here: ``"1 worker (in process)"``, ``"2 workers (loky)"``, ...
+
+    Parameters
+    ----------
+    n_workers
+        As passed to :func:`run_tasks`.
+
+    Returns
+    -------
+    A phrase for a log line.
+    """
+    if n_workers == 1:
+        return "1 worker (in process)"
+    from joblib.parallel import get_active_backend
+
+    backend, _ = get_active_backend(prefer="processes")
+    n = backend.effective_n_jobs(n_workers)  # Dask: the cluster's threads, whatever n_workers is
+    return f"{n} workers ({type(backend).__name__.removesuffix('Backend').lower()})"
+
+
+def _check_folds(folds: Folds, n_rows: int, y: np.ndarray, unit: str) -> None:
+    for r, rep in enumerate(folds):
+        for f, (tr, te) in enumerate(rep):
+            if max(tr.max(initial=-1), te.max(initial=-1)) >= n_rows:
+                msg = f"folds index rows beyond X ({n_rows} rows). Build folds with patient_folds(y) for this X."
+                raise DataSchemaError(msg)
+            n_pos = int(y[tr].sum())
+            if n_pos == 0 or n_pos == len(tr):
+                msg = (
+                    f"Training fold {f} of repeat {r} has {len(tr) - n_pos} responder / {n_pos} non-responder {unit}: "
+                    "a model cannot learn from one class. Lower cv.n_splits (or build folds with patient_folds(y))."
+                )
+                raise DataSchemaError(msg)
+
+
+def _oof_frame(
+    X: pd.DataFrame, y: np.ndarray, groups: np.ndarray | None, folds: Folds, preds: Sequence[np.ndarray]
+) -> pd.DataFrame:
+    """Long OOF table from one prediction array per fold (repeat-major order), sorted by repeat then row of X."""
+    parts = []
+    jobs = [(r, f, te) for r, rep in enumerate(folds) for f, (_, te) in enumerate(rep)]
+    for (r, f, te), p in zip(jobs, preds, strict=True):
+        part = {PATIENT: X.index.to_numpy()[te], "repeat": r, "fold": f, "y_true": y[te], "p": p}
+        if groups is not None:
+            part["group"] = groups[te]
+        parts.append(pd.DataFrame(part))
+    oof = pd.concat(parts, ignore_index=True)
+    order = pd.Series(np.arange(len(X)), index=X.index)
+    oof["_row"] = order.loc[oof[PATIENT]].to_numpy()
+    return oof.sort_values(["repeat", "_row"], kind="stable").drop(columns="_row").reset_index(drop=True)
+
+
+def _cross_validate_many(
+    estimators: Mapping[str, BaseEstimator],
+    X: pd.DataFrame,
+    y: np.ndarray,
+    *,
+    folds: Folds,
+    groups: np.ndarray | None,
+    n_workers: int = 1,
+    trees: Mapping[str, tuple[int, int]] | None = None,
+) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
+    """OOF tables of several estimators on the same folds, all their fits in one :func:`run_tasks` call.
+
+    ``trees[name] = (n, k)`` also returns, for the first ``k`` repeats, the OOF table of the forest's first ``n``
+    trees (see :func:`_fit_predict`). ``X``, ``y`` and ``groups`` are checked and aligned already.
+    """
+    _check_folds(folds, len(X), y, "patients" if groups is None else "samples")
+    trees = dict(trees or {})
+    splits = [(r, tr, te) for r, rep in enumerate(folds) for tr, te in rep]
+    tasks = [
+        (est, X, y, tr, te, trees[name][0] if name in trees and r < trees[name][1] else None)
+        for name, est in estimators.items()
+        for r, tr, te in splits
+    ]
+    results = iter(run_tasks(_fit_predict, tasks, n_workers=n_workers))
+    oof, oof_trees = {}, {}
+    for name in estimators:
+        preds = [next(results) for _ in splits]
+        oof[name] = _oof_frame(X, y, groups, folds, [p for p, _ in preds])
+        if name in trees:
+            k = trees[name][1]
+            first = sum(len(rep) for rep in folds[:k])  # preds are repeat-major
+            oof_trees[name] = _oof_frame(X, y, groups, folds[:k], [q for _, q in preds[:first]])
+    return oof, oof_trees
 
 
 def cross_validate_model(
@@ -256,7 +423,8 @@ def cross_validate_model(
     groups
         Optional group id per row; added as a ``group`` column.
     n_jobs
-        Folds fitted in parallel (threads). 1 is usually fastest on tens of patients.
+        Worker processes for the fits (see :func:`run_tasks`; an enclosing ``joblib.parallel_config`` may choose
+        another backend, e.g. Dask). The result does not depend on it.
 
     Returns
     -------
@@ -275,43 +443,9 @@ def cross_validate_model(
     """
     Xf, y_arr = check_xy(X, y)
     est = _as_estimator(estimator_or_spec, seed=seed, n_features=Xf.shape[1])
-    jobs = [(r, f, tr, te) for r, rep in enumerate(folds) for f, (tr, te) in enumerate(rep)]
-    for _, _, tr, te in jobs:
-        if max(tr.max(initial=-1), te.max(initial=-1)) >= len(Xf):
-            msg = f"folds index rows beyond X ({len(Xf)} rows). Build folds with patient_folds(y) for this X."
-            raise DataSchemaError(msg)
-    unit = "patients" if groups is None else "samples"
-    for r, f, tr, _ in jobs:
-        n_pos = int(y_arr[tr].sum())
-        if n_pos == 0 or n_pos == len(tr):
-            msg = (
-                f"Training fold {f} of repeat {r} has {len(tr) - n_pos} responder / {n_pos} non-responder {unit}: "
-                "a model cannot learn from one class. Lower cv.n_splits (or build folds with patient_folds(y))."
-            )
-            raise DataSchemaError(msg)
-    # One BLAS thread: on tens of rows OpenBLAS threads only spin; on a busy 2-core machine a 2-thread BLAS made
-    # each logistic-regression fit ~15x slower (87 ms vs 5.6 ms).
-    with threadpool_limits(limits=1, user_api="blas"):
-        if n_jobs == 1:
-            preds = [_fit_predict(est, Xf, y_arr, tr, te) for _, _, tr, te in jobs]
-        else:
-            from joblib import Parallel, delayed
-
-            preds = Parallel(n_jobs=n_jobs, prefer="threads")(
-                delayed(_fit_predict)(est, Xf, y_arr, tr, te) for _, _, tr, te in jobs
-            )
     g = align_groups(groups, Xf.index)
-    parts = []
-    for (r, f, _, te), p in zip(jobs, preds, strict=True):
-        part = {PATIENT: Xf.index.to_numpy()[te], "repeat": r, "fold": f, "y_true": y_arr[te], "p": p}
-        if g is not None:
-            part["group"] = g[te]
-        parts.append(pd.DataFrame(part))
-    oof = pd.concat(parts, ignore_index=True)
-    order = pd.Series(np.arange(len(Xf)), index=Xf.index)
-    oof["_row"] = order.loc[oof[PATIENT]].to_numpy()
-    oof = oof.sort_values(["repeat", "_row"], kind="stable").drop(columns="_row").reset_index(drop=True)
-    return oof
+    oof, _ = _cross_validate_many({"model": est}, Xf, y_arr, folds=folds, groups=g, n_workers=n_jobs)
+    return oof["model"]
 
 
 def summarize_oof(oof: pd.DataFrame) -> pd.DataFrame:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +14,15 @@ from threadpoolctl import threadpool_limits
 
 from biomarkers._errors import ConfigError, DataSchemaError
 from biomarkers._keys import AQP9_FRACTION, FAMILY_PB, FEATURE_SEP
-from biomarkers.models._cv import Folds, align_groups, check_xy, cross_validate_model, patient_folds, summarize_oof
+from biomarkers.models._cv import (
+    Folds,
+    _cross_validate_many,
+    align_groups,
+    check_xy,
+    describe_workers,
+    patient_folds,
+    summarize_oof,
+)
 from biomarkers.models._estimators import BASELINE_KINDS, _check_spec, make_estimator, spec_name
 from biomarkers.models._metrics import METRICS, evaluate_predictions, point_metrics, youden_threshold
 from biomarkers.models._permutation import PermutationResult, _cv_auroc, _permutation_spec, permutation_test
@@ -130,6 +139,19 @@ def _cv_settings(cv_spec: Any) -> dict[str, Any]:
     return {key: int(cv_spec.get(key) or default) for key, default in CV_DEFAULTS.items()}
 
 
+def _tree_prefix(spec: Mapping[str, Any], estimator: Pipeline) -> int | None:
+    """Trees of the permutation test's forest if it is ``estimator``'s forest with fewer trees, else None."""
+    perm_spec, changed = _permutation_spec(spec)
+    params, perm_params = dict(spec.get("params") or {}), dict(perm_spec.get("params") or {})
+    m = perm_params.pop("n_estimators", None)
+    params.pop("n_estimators", None)
+    if not changed or spec["kind"] != "random_forest" or m is None:
+        return None
+    if {**spec, "params": params} != {**perm_spec, "params": perm_params}:
+        return None
+    return int(m) if int(m) < estimator[-1].n_estimators else None
+
+
 def evaluate_models(
     X: pd.DataFrame,
     y: Any,
@@ -142,8 +164,9 @@ def evaluate_models(
     n_boot: int = 1000,
     n_permutations: int = 100,
     threshold: float = 0.5,
-    n_jobs: int = 1,
+    n_workers: int = 2,
     ci: float = 0.95,
+    n_jobs: int | None = None,
 ) -> EvaluationResult:
     """Cross-validate every model and baseline on the same patient folds and compare them.
 
@@ -171,11 +194,16 @@ def evaluate_models(
         Permutations for the best model's test (0 skips it).
     threshold
         Threshold for balanced accuracy in the metrics table.
-    n_jobs
-        Threads for the permutation test (permutation results do not depend on it). Keep 1 on a 2-core machine:
-        the GIL and BLAS make 2 threads slower there.
+    n_workers
+        Worker processes (the config's ``compute.n_workers``) for every CV fit (models x repeats x folds, in one
+        pool) and for the permutations; 1 runs in this process. Inside ``joblib.parallel_config(backend="dask")``
+        (with a ``distributed.Client``) the fits run on the Dask cluster instead. Every fit and permutation is
+        seeded by its own task, with one BLAS thread, so metrics, OOF predictions, bootstrap CIs and the
+        permutation null are identical for any worker count and backend.
     ci
         Central coverage of the bootstrap CIs (the config's ``evaluation.ci``): 0.9 gives the 5th/95th percentiles.
+    n_jobs
+        Deprecated alias of ``n_workers``.
 
     Returns
     -------
@@ -194,6 +222,12 @@ def evaluate_models(
     (['logreg', 'single__aqp9_macrophage_fraction', 'majority'], 'logreg')
     """
     t0 = time.perf_counter()
+    if n_jobs is not None:
+        warnings.warn("evaluate_models(n_jobs=...) is deprecated; use n_workers=...", DeprecationWarning, stacklevel=2)
+        n_workers = n_jobs
+    if int(n_workers) < 1:
+        msg = f"n_workers must be >= 1 (got {n_workers}). Fix compute.n_workers."
+        raise ConfigError(msg)
     Xf, y_arr = check_xy(X, y)
     if not model_specs:
         msg = "No models to evaluate: model_specs is empty. Add at least one entry under models:."
@@ -215,12 +249,29 @@ def evaluate_models(
         msg = f"Model name(s) {clash} clash with baseline names. Give those models a different name: in the spec."
         raise ConfigError(msg)
 
-    oof: dict[str, pd.DataFrame] = {}
+    specs = {**models, **bases}
+    k = min(cv["permutation_repeats"], cv["n_repeats"])
+    # The permutation test may use a smaller forest (PERMUTATION_PARAMS): its observed run is then read off the
+    # first trees of the main CV's forests, so each fold is fitted once for every statistic.
+    estimators = {name: make_estimator(spec, seed=seed, n_features=Xf.shape[1]) for name, spec in specs.items()}
+    trees = {name: (m, k) for name, spec in models.items() if (m := _tree_prefix(spec, estimators[name]))}
+    t = time.perf_counter()
+    oof, oof_trees = _cross_validate_many(
+        estimators, Xf, y_arr, folds=folds, groups=g, n_workers=n_workers, trees=trees
+    )
+    logger.info(
+        "evaluate_models: %d CV fits (%d models and baselines x %d repeats x %d folds) on %s (%.1f s)",
+        len(specs) * sum(len(rep) for rep in folds),
+        len(specs),
+        cv["n_repeats"],
+        cv["n_splits"],
+        describe_workers(n_workers),
+        time.perf_counter() - t,
+    )
     rows, repeat_rows, summaries = [], [], {}
     for kind, named in (("model", models), ("baseline", bases)):
-        for name, spec in named.items():
+        for name in named:
             t = time.perf_counter()
-            oof[name] = cross_validate_model(spec, Xf, y_arr, folds=folds, seed=seed, groups=g)
             summaries[name] = summarize_oof(oof[name])
             order = summaries[name].index
             p_repeats = np.vstack([summarize_oof(d).loc[order, "p"].to_numpy() for _, d in oof[name].groupby("repeat")])
@@ -253,11 +304,14 @@ def evaluate_models(
 
     perm = None
     if n_permutations > 0:
-        k = min(cv["permutation_repeats"], cv["n_repeats"])
         perm_spec, changed = _permutation_spec(models[best])
         # The first k repeats of the main CV are exactly the permutation scheme's observed run (same seeds), unless
-        # the permutation uses cheaper settings; then permutation_test recomputes it with those settings.
-        observed = None if changed else _cv_auroc(oof[best][oof[best]["repeat"] < k])
+        # the permutation uses cheaper settings: then the first trees of the same forests, or (other changes)
+        # permutation_test recomputes it with those settings.
+        if not changed:
+            observed = _cv_auroc(oof[best][oof[best]["repeat"] < k])
+        else:
+            observed = _cv_auroc(oof_trees[best]) if best in oof_trees else None
         perm = permutation_test(
             perm_spec,
             Xf,
@@ -267,7 +321,7 @@ def evaluate_models(
             n_permutations=n_permutations,
             seed=seed,
             groups=g,
-            n_jobs=n_jobs,
+            n_jobs=n_workers,
             observed=observed,
         )
     seconds = time.perf_counter() - t0
@@ -296,7 +350,7 @@ def evaluate_models(
         predictions=predictions,
         per_repeat=pd.DataFrame(repeat_rows),
         best_model=best,
-        specs={**models, **bases},
+        specs=specs,
         threshold=threshold_best,
         permutation=perm,
         folds=folds,

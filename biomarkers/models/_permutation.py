@@ -14,6 +14,7 @@ from biomarkers.models._cv import (
     check_xy,
     cross_validate_model,
     patient_folds,
+    run_tasks,
     summarize_oof,
 )
 from biomarkers.models._metrics import _auroc
@@ -115,11 +116,13 @@ def permutation_test(
     n_permutations
         Number of permutations.
     seed
-        Seed; permutation ``i`` uses a seed spawned from it, so results do not depend on ``n_jobs``.
+        Seed; permutation ``i`` uses a seed spawned from it (for its labels, folds and estimator), so results do not
+        depend on ``n_jobs`` or the backend.
     groups
         Optional group (patient) id per row.
     n_jobs
-        Permutations run in parallel (threads; every estimator itself uses one thread).
+        Worker processes for the permutations (see :func:`~biomarkers.models._cv.run_tasks`; an enclosing
+        ``joblib.parallel_config`` may choose another backend, e.g. Dask). Every estimator uses one thread.
     observed
         The observed statistic if already computed with the same scheme and seed (skips one CV run).
 
@@ -145,12 +148,13 @@ def permutation_test(
         observed = _cv_auroc(cross_validate_model(estimator_or_spec, Xf, y_arr, folds=folds, seed=seed, groups=g))
     seeds = [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(n_permutations)]
     args = (estimator_or_spec, Xf, y_arr, g, n_splits, n_repeats)
-    if n_jobs == 1:
-        null = [_one_permutation(*args, s) for s in seeds]
-    else:
-        from joblib import Parallel, delayed
+    from biomarkers.compute._progress import Progress
 
-        null = Parallel(n_jobs=n_jobs, prefer="threads")(delayed(_one_permutation)(*args, s) for s in seeds)
+    progress = Progress(total=n_permutations, show=None, unit="perm", desc="permutations")
+    try:
+        null = run_tasks(_one_permutation, [(*args, s) for s in seeds], n_workers=n_jobs, on_result=progress.advance)
+    finally:
+        progress.close()
     null_arr = np.asarray(null, dtype=float)
     p = (1 + int((null_arr >= observed - 1e-12).sum())) / (1 + n_permutations)
     spec = dict(estimator_or_spec) if isinstance(estimator_or_spec, Mapping) else None

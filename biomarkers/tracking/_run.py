@@ -231,6 +231,7 @@ def _evaluate_and_log(cfg: ExperimentConfig, cohort: Cohort, *, umap: Any, t0: f
         n_boot=cfg.evaluation.n_boot,
         ci=cfg.evaluation.ci,
         n_permutations=cfg.evaluation.n_permutations,
+        n_workers=cfg.compute.n_workers,
     )
     t_cv = time.perf_counter()
     model_names = [n for n in evaluation.metrics.index if evaluation.metrics.loc[n, "kind"] == "model"]
