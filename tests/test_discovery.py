@@ -526,6 +526,161 @@ def test_experiment_with_discovered_signature_discovers_inside_folds(monkeypatch
     assert set(res.selected["compartment"]) == {ct.STROMA}
 
 
+# ---- streaming: a file one sample at a time, in process or on Dask, gives the in-memory results ------------------------
+
+
+@pytest.fixture(scope="module")
+def cohort_file(tmp_path_factory):
+    """An h5ad of raw counts whose patients P001, P002, P007 span two interleaved samples of different batches."""
+    adata = bm.simulate_cohort(n_patients=12, cells_per_patient=150, n_genes=400, seed=4)
+    obs = adata.obs
+    sample, batch = obs[k.SAMPLE].astype(str).to_numpy().copy(), obs[k.BATCH].astype(str).to_numpy().copy()
+    patients = obs[k.PATIENT].astype(str).to_numpy()
+    for p in ("P001", "P002", "P007"):
+        idx = np.flatnonzero(patients == p)[1::2]  # every other cell: samples interleaved in the file
+        sample[idx], batch[idx] = f"{p}_S2", "batch4"  # about half the cells: the batch vote may tie
+    obs[k.SAMPLE], obs[k.BATCH] = pd.Categorical(sample), pd.Categorical(batch)
+    folder = tmp_path_factory.mktemp("stream")
+    adata.write_h5ad(folder / "cohort.h5ad")
+    config = folder / "exp.yaml"
+    config.write_text("name: stream\ndata: {path: cohort.h5ad}\npreprocess: {min_genes: 50, min_counts: 100}\n")
+    return folder / "cohort.h5ad", config
+
+
+def _assert_same_discovery(a, b):
+    assert list(a.tables) == list(b.tables)
+    for comp, table in a.tables.items():
+        pd.testing.assert_frame_equal(table, b.tables[comp], check_exact=True)
+    cols = [c for c in a.summary.columns if c != "seconds"]
+    pd.testing.assert_frame_equal(a.summary[cols], b.summary[cols], check_exact=True)
+    pd.testing.assert_frame_equal(a.known, b.known, check_exact=True)
+    pd.testing.assert_frame_equal(a.truth, b.truth, check_exact=True)
+    assert {n: s.genes for n, s in a.gene_sets.items()} == {n: s.genes for n, s in b.gene_sets.items()}
+
+
+DISCOVER_KW = {"compartments": [ct.STROMA, ct.MNP, "all"], "covariates": [k.BATCH, k.SEVERITY], "track": False}
+
+
+def test_streamed_discovery_matches_in_memory(cohort_file, tmp_path, monkeypatch, caplog):
+    """Per-sample pseudobulk sums added up: the same DE tables as the whole cohort processed in memory."""
+    import logging
+
+    import biomarkers.io
+    from biomarkers.discovery import run_discovery
+
+    _, config = cohort_file
+    caplog.set_level(logging.INFO, logger="biomarkers")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        whole = run_discovery(config, out_dir=tmp_path / "m", method="deseq2_fast", stream=False, **DISCOVER_KW)
+        assert "in memory (whole cohort)" in caplog.text
+
+        def no_whole_read(*args, **kwargs):
+            msg = "the streaming path must not read the whole cohort"
+            raise AssertionError(msg)
+
+        monkeypatch.setattr(biomarkers.io, "read_cohort", no_whole_read)
+        streamed = run_discovery(config, out_dir=tmp_path / "s", method="deseq2_fast", **DISCOVER_KW)  # the default
+    assert "streaming one sample at a time, in process" in caplog.text
+    assert streamed.tables[ct.STROMA].attrs["covariates"] == [k.BATCH, k.SEVERITY]
+    assert "stream_s" in streamed.timings
+    _assert_same_discovery(streamed, whole)
+    # The gene-set provenance names the same digest (the input file's) on both paths.
+    digests = {next(iter(r.gene_sets.values())).source.split("sha256 ")[1][:12] for r in (whole, streamed)}
+    assert len(digests) == 1
+
+
+def test_pseudobulk_sums_match_the_cells(cohort_file):
+    """Sums, per-patient metadata and covariates (ties included) against the whole cohort processed at once."""
+    from biomarkers.discovery import _compartments, stream_pseudobulk
+    from biomarkers.features import FeaturePipeline
+
+    path, config = cohort_file
+    cfg = bm.load_config(config)
+    cells = FeaturePipeline.from_config(cfg).process(bm.read_cohort(path))
+    sums = stream_pseudobulk(
+        path, pipe=FeaturePipeline.from_config(cfg), compartments=[ct.STROMA, "all"], covariates=[k.BATCH, k.SEVERITY]
+    )
+    assert sums.n_cells_kept == cells.n_obs
+    for comp in (ct.STROMA, "all"):
+        for min_cells in (0, 10):
+            expected = pseudobulk(cells, compartment=comp, min_cells=min_cells)
+            for got, exp in zip(sums.pseudobulk(compartment=comp, min_cells=min_cells), expected, strict=True):
+                # groupby().agg keeps a categorical column categorical; the values are what DE reads
+                exp = exp.astype({c: object for c in exp.columns if isinstance(exp[c].dtype, pd.CategoricalDtype)})
+                pd.testing.assert_frame_equal(got, exp, check_exact=True, check_dtype=False)
+    multi = cells.obs.groupby(k.PATIENT, observed=True)[k.BATCH].nunique()
+    assert (multi > 1).sum() == 3  # the patients spanning two batches are exercised
+    covs = _compartments._patient_covariates(cells, [k.BATCH, k.SEVERITY], patient_col=k.PATIENT)
+    pd.testing.assert_frame_equal(sums.covariates([k.BATCH, k.SEVERITY]), covs, check_exact=True, check_dtype=False)
+    # Nested discovery reads the same wide table from the sums.
+    table = pseudobulk_table(cells, compartments=[ct.STROMA], min_cells=5)
+    pd.testing.assert_frame_equal(sums.table(compartments=[ct.STROMA], min_cells=5), table, check_exact=True)
+    with pytest.raises(DataSchemaError, match="not accumulated"):
+        sums.pseudobulk(compartment=ct.MNP)
+
+
+@pytest.fixture(scope="module")
+def tcp_cluster():
+    """A scheduler on a real tcp:// address, with a threaded worker in this process (no worker start-up imports)."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(
+        n_workers=1,
+        threads_per_worker=1,
+        processes=False,
+        protocol="tcp",
+        host="127.0.0.1",
+        dashboard_address=None,
+        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+    ) as cluster:
+        yield cluster
+
+
+def test_dask_discovery_matches_in_memory(cohort_file, tmp_path, tcp_cluster, caplog):
+    """One Dask task per sample (each worker reads and processes its own), against the file read whole."""
+    import logging
+
+    from biomarkers.discovery import run_discovery
+
+    path, config = cohort_file
+    caplog.set_level(logging.INFO, logger="biomarkers")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        whole = run_discovery(config, out_dir=tmp_path / "m", method="ttest", stream=False, **DISCOVER_KW)
+        dask = run_discovery(
+            config, out_dir=tmp_path / "d", method="ttest", scheduler=tcp_cluster.scheduler_address, **DISCOVER_KW
+        )
+        assert f"on Dask ({tcp_cluster.scheduler_address})" in caplog.text
+        _assert_same_discovery(dask, whole)
+        # A cohort file given directly, already annotated: its cells are used as they are, on both paths.
+        annotated = tmp_path / "annotated.h5ad"
+        _with_compartments(bm.read_cohort(path)).write_h5ad(annotated)
+        kw = {**DISCOVER_KW, "method": "ttest"}
+        whole = run_discovery(annotated, out_dir=tmp_path / "am", stream=False, **kw)
+        _assert_same_discovery(run_discovery(annotated, out_dir=tmp_path / "as", **kw), whole)
+
+
+def test_nested_discovery_on_a_streamed_experiment(cohort_file, caplog):
+    """Nested CV of a streamed experiment uses the file's pseudobulk sums: the same folds' DE as in memory."""
+    import logging
+
+    from biomarkers.discovery import cv_experiment_with_discovery
+
+    _, config = cohort_file
+    caplog.set_level(logging.INFO, logger="biomarkers")
+    over = ["cv.n_splits=3", "cv.n_repeats=1", "models=[{kind: logreg}]"]
+    kw = {"compartments": [ct.MNP], "top_n": 5, "n_boot": 50}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        streamed = cv_experiment_with_discovery(bm.load_config(config, overrides=over), **kw)["logreg"]
+        in_memory = bm.load_config(config, overrides=[*over, "compute.stream=false"])
+        whole = cv_experiment_with_discovery(in_memory, **kw)["logreg"]
+    assert "cv_experiment_with_discovery: pseudobulk of cohort.h5ad, streaming" in caplog.text
+    assert streamed.oof[k.PATIENT].nunique() == 12
+    pd.testing.assert_frame_equal(streamed.oof, whole.oof)
+    pd.testing.assert_frame_equal(streamed.selected, whole.selected)
+
+
 # ---- CLI and API conventions -----------------------------------------------------------------------------------------
 
 
@@ -534,7 +689,7 @@ def test_discovery_method_key_picks_the_deseq2_inference(tmp_path, monkeypatch):
     from biomarkers.discovery import _entry
 
     seen = []
-    monkeypatch.setattr(_entry, "_cells_from_config", lambda cfg: (None, "sim"))
+    monkeypatch.setattr(_entry, "_cells_from_config", lambda cfg: (None, "sim", None))
     monkeypatch.setattr(_entry, "discover", lambda cells, **kw: seen.append(kw["method"]))
     plain, fast = tmp_path / "plain.yaml", tmp_path / "fast.yaml"
     plain.write_text("name: plain\n")
@@ -557,7 +712,10 @@ def test_cli_discover_on_h5ad(tmp_path):
     app.callback()(lambda: None)
     _discover.register(app)
     runner = CliRunner()
-    assert "EXPERIMENT_OR_COHORT" in runner.invoke(app, ["discover", "--help"]).output
+    help_text = runner.invoke(app, ["discover", "--help"], terminal_width=200).output
+    assert "EXPERIMENT_OR_COHORT" in help_text
+    assert "deseq2_fast" in help_text
+    assert "--scheduler" in help_text
     adata = _with_compartments(bm.simulate_cohort(n_patients=16, cells_per_patient=80, n_genes=400, seed=2))
     path = tmp_path / "cohort.h5ad"
     adata.write_h5ad(path)

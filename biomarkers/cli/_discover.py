@@ -86,7 +86,10 @@ def discover(
     out_dir: Annotated[Path | None, typer.Option(help="Output folder (default: discovery/NAME-TIMESTAMP)")] = None,
     fdr: Annotated[float, typer.Option(help="Significance threshold on BH-adjusted p-values", min=0.0, max=1.0)] = 0.05,
     top_n: Annotated[int, typer.Option(help="At most this many genes per discovered set", min=1)] = 25,
-    method: Annotated[Literal["deseq2", "ttest", "wilcoxon"], typer.Option(help="DE test")] = "deseq2",
+    method: Annotated[
+        Literal["deseq2", "deseq2_fast", "ttest", "wilcoxon"],
+        typer.Option(help="DE test (deseq2 follows an experiment's discovery.method; deseq2_fast: vectorised, opt-in)"),
+    ] = "deseq2",
     covariate: Annotated[
         list[str] | None, typer.Option("--covariate", help="Patient-level covariate (repeat); default: batch")
     ] = None,
@@ -95,6 +98,20 @@ def discover(
         list[str] | None, typer.Option("--set", help="Override a config key: --set data.simulate.seed=1")
     ] = None,
     track: Annotated[bool, typer.Option("--track/--no-track", help="Log an MLflow run")] = True,
+    stream: Annotated[
+        bool | None,
+        typer.Option(
+            "--stream/--no-stream",
+            help="Read a file one sample at a time (bounded memory) or whole; default: compute.stream, or stream",
+            show_default=False,
+        ),
+    ] = None,
+    scheduler: Annotated[
+        str | None, typer.Option(help="Process samples on Dask: local or tcp://HOST:PORT (default: compute.scheduler)")
+    ] = None,
+    n_workers: Annotated[
+        int | None, typer.Option(min=1, help="Workers of --scheduler local (default: compute.n_workers, 2)")
+    ] = None,
 ) -> None:
     """Find candidate biomarkers: pseudobulk differential expression per compartment, gene sets, MLflow run."""
     covariates: list[str] = [] if no_covariates else list(covariate or ["batch"])
@@ -108,6 +125,9 @@ def discover(
         top_n=top_n,
         overrides=list(set_ or []),
         track=track,
+        stream=stream,
+        scheduler=scheduler,
+        n_workers=n_workers,
     )
     _print_summary(res)
 

@@ -8,6 +8,9 @@
   planted truth, and logs it all as an MLflow run.
 - :func:`cv_with_discovery` / :class:`NestedDiscoveryFeature` re-discover the signature inside each training fold, so
   a cross-validated estimate of a discovered signature never uses held-out labels.
+- :func:`stream_pseudobulk` adds the pseudobulk sums up one sample at a time (a file in bounded memory, or on
+  Dask); :func:`discover`, :func:`differential_expression` and :func:`cv_with_discovery` take its
+  :class:`PseudobulkSums` in place of the cells, with the same results.
 - :func:`run_discovery` is ``biomarkers discover EXPERIMENT_OR_COHORT`` in one call.
 """
 
@@ -20,11 +23,13 @@ from biomarkers.discovery._entry import cv_experiment_with_discovery, run_discov
 from biomarkers.discovery._nested import NestedCVResult, NestedDiscoveryFeature, cv_with_discovery
 from biomarkers.discovery._pseudobulk import pseudobulk, pseudobulk_table
 from biomarkers.discovery._report import discovered_gene_sets, known_signature_ranks, truth_metrics, volcano_figure
+from biomarkers.discovery._stream import PseudobulkSums, stream_pseudobulk
 
 __all__ = [
     "DiscoveryResult",
     "NestedCVResult",
     "NestedDiscoveryFeature",
+    "PseudobulkSums",
     "annotate_cells",
     "bh_adjust",
     "cv_experiment_with_discovery",
@@ -39,6 +44,7 @@ __all__ = [
     "pseudobulk_table",
     "rank_genes",
     "run_discovery",
+    "stream_pseudobulk",
     "truth_metrics",
     "volcano_figure",
 ]

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
     from anndata import AnnData
 
+    from biomarkers.discovery._stream import PseudobulkSums
+
 logger = logging.getLogger("biomarkers")
 
 
@@ -63,7 +65,7 @@ def patient_labels(
 
 
 def differential_expression(
-    adata: AnnData,
+    adata: AnnData | PseudobulkSums,
     *,
     compartments: Sequence[str] = DEFAULT_COMPARTMENTS,
     covariates: Sequence[str] = (k.BATCH,),
@@ -84,7 +86,9 @@ def differential_expression(
     Parameters
     ----------
     adata
-        Annotated cells (``obs['compartment']``) with raw counts in ``layers['counts']``.
+        Annotated cells (``obs['compartment']``) with raw counts in ``layers['counts']``, or their
+        :class:`~biomarkers.discovery.PseudobulkSums` added up sample by sample (same result; `patient_col` and
+        `layer` were fixed when streaming).
     compartments
         Compartments to test; ``'all'`` tests every cell together.
     covariates
@@ -123,26 +127,38 @@ def differential_expression(
     >>> list(res["all_cells"].columns)
     ['gene', 'log2FC', 'lfcSE', 'stat', 'pvalue', 'padj', 'baseMean', 'rank', 'marker_of']
     """
-    if label_col not in adata.obs:
-        have = ", ".join(map(str, adata.obs.columns[:12]))
+    from biomarkers.discovery._stream import PseudobulkSums
+
+    sums = adata if isinstance(adata, PseudobulkSums) else None
+    obs_columns = sorted(sums.obs_columns) if sums is not None else list(adata.obs.columns)
+    if label_col not in obs_columns:
+        have = ", ".join(map(str, obs_columns[:12]))
         msg = f"Label column '{label_col}' not in adata.obs (have: {have}). Set label_col to the response column."
         raise DataSchemaError(msg)
-    absent = [c for c in covariates if c not in adata.obs]
+    absent = [c for c in covariates if c not in obs_columns]
     if absent:
         warnings.warn(
             f"Covariate(s) {', '.join(absent)} not in adata.obs; testing without them. Pass covariates=() to silence.",
             stacklevel=2,
         )
-        covariates = [c for c in covariates if c in adata.obs]
+        covariates = [c for c in covariates if c in obs_columns]
     from biomarkers.discovery._pseudobulk import pseudobulk
 
     out: dict[str, pd.DataFrame] = {}
     for comp in compartments:
         t0 = time.perf_counter()
-        counts, meta = pseudobulk(adata, compartment=comp, patient_col=patient_col, layer=layer, min_cells=min_cells)
+        if sums is not None:
+            counts, meta = sums.pseudobulk(compartment=comp, min_cells=min_cells)
+        else:
+            counts, meta = pseudobulk(
+                adata, compartment=comp, patient_col=patient_col, layer=layer, min_cells=min_cells
+            )
         if label_col != k.RESPONSE:
-            patients = adata.obs[patient_col].astype(str)
-            meta[label_col] = adata.obs[label_col].groupby(patients, observed=True).first().reindex(meta.index)
+            if sums is not None:
+                first = sums.first(label_col)
+            else:
+                first = adata.obs[label_col].groupby(adata.obs[patient_col].astype(str), observed=True).first()
+            meta[label_col] = first.reindex(meta.index)
         y = (
             patient_labels(meta, label_col=label_col, positive=positive, negative=negative)
             if len(meta)
@@ -156,7 +172,11 @@ def differential_expression(
                 stacklevel=2,
             )
             continue
-        cov = _patient_covariates(adata, covariates, patient_col=patient_col).reindex(y.index)
+        cov = (
+            sums.covariates(covariates)
+            if sums is not None
+            else _patient_covariates(adata, covariates, patient_col=patient_col)
+        ).reindex(y.index)
         table = rank_genes(
             counts.loc[y.index],
             y.to_numpy(),

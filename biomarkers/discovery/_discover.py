@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
     from anndata import AnnData
 
+    from biomarkers.discovery._stream import PseudobulkSums
+    from biomarkers.features import FeaturePipeline
     from biomarkers.signatures import GeneSet
 
 logger = logging.getLogger("biomarkers")
@@ -99,6 +101,14 @@ def counts_digest(adata: AnnData) -> str:
     return h.hexdigest()
 
 
+def default_pipeline(*, seed: int | None = 0) -> FeaturePipeline:
+    """Return the :class:`biomarkers.features.FeaturePipeline` that :func:`annotate_cells` runs (no labels used)."""
+    from biomarkers.features import DEFAULT_PLAN, FeaturePipeline
+    from biomarkers.signatures import load_gene_sets
+
+    return FeaturePipeline(gene_sets=load_gene_sets(list(DEFAULT_PLAN)), seed=seed)
+
+
 def annotate_cells(adata: AnnData, *, seed: int | None = 0) -> AnnData:
     """Return cells with ``obs['compartment']``, processing them first when they are not annotated.
 
@@ -107,12 +117,8 @@ def annotate_cells(adata: AnnData, *, seed: int | None = 0) -> AnnData:
     """
     if k.COMPARTMENT in adata.obs:
         return adata
-    from biomarkers.features import DEFAULT_PLAN, FeaturePipeline
-    from biomarkers.signatures import load_gene_sets
-
     logger.info("discover: obs['compartment'] missing; running QC, normalisation and annotation first")
-    pipe = FeaturePipeline(gene_sets=load_gene_sets(list(DEFAULT_PLAN)), seed=seed)
-    return pipe.process(adata)
+    return default_pipeline(seed=seed).process(adata)
 
 
 def _summary(tables: dict[str, pd.DataFrame], truth: pd.DataFrame | None, *, fdr: float) -> pd.DataFrame:
@@ -174,7 +180,7 @@ def _write_outputs(
 
 
 def discover(
-    adata: AnnData,
+    adata: AnnData | PseudobulkSums,
     *,
     out_dir: str | PathLike[str],
     compartments: Sequence[str] = DEFAULT_COMPARTMENTS,
@@ -194,6 +200,7 @@ def discover(
     set_prefix: str = SET_PREFIX,
     experiment_name: str = "discovery",
     source: str | None = None,
+    digest: str | None = None,
     track: bool = True,
     seed: int | None = 0,
 ) -> DiscoveryResult:
@@ -212,7 +219,8 @@ def discover(
     ----------
     adata
         Cells with raw counts; annotated (``obs['compartment']``) or raw (then processed with the default
-        :class:`biomarkers.features.FeaturePipeline`).
+        :class:`biomarkers.features.FeaturePipeline`). Or a :class:`PseudobulkSums` of a cohort streamed sample by
+        sample (:func:`stream_pseudobulk`), which gives the same results in bounded memory.
     out_dir
         Folder for the outputs (created).
     compartments, covariates, label_col, positive, negative, method, min_patients_per_group, min_cells, min_counts, min_expressed
@@ -227,6 +235,9 @@ def discover(
         MLflow experiment (``<config name>-discovery`` from the CLI).
     source
         Where the cells came from (file or simulation call), recorded in the gene sets and the run.
+    digest
+        sha256 recorded as the run's ``data_digest`` and in the gene sets; default: of the raw counts
+        (:func:`counts_digest`), or the :class:`PseudobulkSums`' file digest.
     track
         Log an MLflow run.
     seed
@@ -249,9 +260,12 @@ def discover(
     >>> list(res.summary["compartment"])
     ['stroma']
     """
+    from biomarkers.discovery._stream import PseudobulkSums
+
     t0 = time.perf_counter()
     out = Path(out_dir)
-    cells = annotate_cells(adata, seed=seed)
+    streamed = isinstance(adata, PseudobulkSums)
+    cells = adata if streamed else annotate_cells(adata, seed=seed)
     t_annot = time.perf_counter()
 
     with warnings.catch_warnings(record=True) as caught:
@@ -276,7 +290,8 @@ def discover(
     from biomarkers.signatures import load_gene_sets
 
     known = known_signature_ranks(tables, gene_sets=load_gene_sets(list(known_sets)), genes=known_genes, fdr=fdr)
-    digest = counts_digest(adata)
+    if digest is None:
+        digest = adata.digest if streamed else counts_digest(adata)
     stamp = datetime.now(tz=UTC)
     run_name = f"{experiment_name}-{stamp.strftime('%Y%m%d-%H%M%S')}"
     src = source or "in-memory AnnData"
@@ -298,11 +313,13 @@ def discover(
     )
     t_out = time.perf_counter()
     timings = {"annotate_s": t_annot - t0, "de_s": t_de - t_annot, "report_s": t_out - t_de}
+    if streamed:
+        timings = {"stream_s": adata.seconds, **timings}
     params = {
         "method": method, "fdr": fdr, "top_n": top_n, "compartments": ",".join(compartments),
         "covariates": ",".join(covariates), "label_col": label_col, "positive": positive, "min_cells": min_cells,
         "min_counts": min_counts, "min_expressed": min_expressed, "min_patients_per_group": min_patients_per_group,
-        "n_patients": int(cells.obs[k.PATIENT].nunique()) if k.PATIENT in cells.obs else -1, "seed": seed,
+        "n_patients": _n_patients(cells, streamed=streamed), "seed": seed,
     }  # fmt: skip
     run_id = None
     if track:
@@ -324,6 +341,12 @@ def discover(
         out_dir=out, files=files, skipped=skipped, experiment_name=experiment_name if track else None, run_id=run_id,
         seconds=seconds, timings=timings,
     )  # fmt: skip
+
+
+def _n_patients(cells: Any, *, streamed: bool) -> int:
+    if streamed:
+        return len(cells.patients)
+    return int(cells.obs[k.PATIENT].nunique()) if k.PATIENT in cells.obs else -1
 
 
 def _log_run(

@@ -16,34 +16,71 @@ from biomarkers.discovery._nested import NestedCVResult, cv_with_discovery
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from os import PathLike
+    from typing import Any
 
     from anndata import AnnData
 
     from biomarkers.config import ExperimentConfig
+    from biomarkers.discovery._stream import PseudobulkSums
 
 logger = logging.getLogger("biomarkers")
 
 CONFIG_SUFFIXES = (".yaml", ".yml")
 
 
-def _cells_from_config(cfg: ExperimentConfig) -> tuple[AnnData, str]:
-    """Load the config's cohort and process it exactly as :func:`biomarkers.prepare_cohort` does."""
-    from biomarkers.cohort import load_cohort
-    from biomarkers.features import FeaturePipeline
-    from biomarkers.io import check_sample_mix, sample_table
-
+def _check_single_cell(cfg: ExperimentConfig) -> None:
     if cfg.data.kind != "single_cell":
         msg = (
             f"Experiment '{cfg.name}' has data.kind={cfg.data.kind!r}; discovery pseudobulks single cells per "
             "compartment. Point it at a single-cell cohort (data.kind: single_cell)."
         )
         raise ConfigError(msg)
-    adata, _, source = load_cohort(cfg)
+
+
+def _cells_from_config(cfg: ExperimentConfig) -> tuple[AnnData, str, str | None]:
+    """Load the config's cohort and process it exactly as :func:`biomarkers.prepare_cohort` does.
+
+    Returns the cells, their source and the input file's digest (None for a simulated cohort).
+    """
+    from biomarkers.cohort import load_cohort
+    from biomarkers.features import FeaturePipeline
+    from biomarkers.io import check_sample_mix, sample_table
+
+    _check_single_cell(cfg)
+    adata, digest, source = load_cohort(cfg)
     # The same sample selection guard as training: DE must not pool baseline with post-treatment biopsies.
     check_sample_mix(sample_table(adata.obs), allow=cfg.data.allow_mixed_samples, source=Path(source).name)
     pipe = FeaturePipeline.from_config(cfg)
     # read_cohort has already applied data.label_map / positive_label: the labels are canonical here.
-    return pipe.process(adata), source
+    return pipe.process(adata), source, digest if cfg.data.path is not None else None
+
+
+def _sums_from_config(
+    cfg: ExperimentConfig, *, compartments: Sequence[str], covariates: Sequence[str], label_col: str = k.RESPONSE
+) -> PseudobulkSums:
+    """Stream the config's cohort file one sample at a time (as :func:`_cells_from_config` processes it whole)."""
+    from biomarkers.cohort import _read_kwargs
+    from biomarkers.discovery._stream import stream_pseudobulk
+    from biomarkers.features import FeaturePipeline
+    from biomarkers.io import check_sample_mix
+
+    _check_single_cell(cfg)
+    path = Path(cfg.data.path)  # type: ignore[arg-type]
+    sums = stream_pseudobulk(
+        path, pipe=FeaturePipeline.from_config(cfg), compartments=compartments, covariates=covariates,
+        label_col=label_col, read_kwargs=_read_kwargs(cfg), scheduler=cfg.compute.scheduler,
+        n_workers=cfg.compute.n_workers,
+    )  # fmt: skip
+    # The same guard as in memory, on the samples seen (streaming can only check them once read).
+    check_sample_mix(sums.samples, allow=cfg.data.allow_mixed_samples, source=path.name)
+    return sums
+
+
+def _where(scheduler: Any, n_workers: int) -> str:
+    if scheduler is None:
+        return "streaming one sample at a time, in process"
+    workers = f", {n_workers} workers" if scheduler == "local" else ""
+    return f"streaming one sample at a time on Dask ({scheduler}{workers})"
 
 
 def _deseq2_method(method: Method, cfg: ExperimentConfig) -> Method:
@@ -62,6 +99,9 @@ def run_discovery(
     top_n: int = 25,
     overrides: Sequence[str] | None = None,
     track: bool = True,
+    stream: bool | None = None,
+    scheduler: str | None = None,
+    n_workers: int | None = None,
 ) -> DiscoveryResult:
     """Run :func:`discover` on an experiment's cohort (a ``.yaml`` config) or on a cohort file (h5ad, 10x, ...).
 
@@ -77,6 +117,13 @@ def run_discovery(
         says (``deseq2``: PyDESeq2's own inference, the default; ``deseq2_fast``: the vectorised one).
     overrides
         ``key=value`` config overrides (``--set``), for a YAML ``path`` only.
+    stream
+        Read a single-cell file one sample at a time (:func:`stream_pseudobulk`; same results, memory bounded by
+        one sample plus the pseudobulk tables) or whole into memory. None: the config's ``compute.stream``
+        (default true); streaming for a cohort file. A simulated cohort is always in memory.
+    scheduler, n_workers
+        Process the samples on Dask (``'local'`` or ``'tcp://HOST:PORT'``, implies streaming) instead of in this
+        process; default: the config's ``compute.scheduler`` / ``compute.n_workers`` (none / 2).
 
     Returns
     -------
@@ -89,11 +136,28 @@ def run_discovery(
         require("pydeseq2", "discover", purpose="biomarkers discover (method deseq2)")
     stamp = datetime.now(tz=UTC).strftime("%Y%m%d-%H%M%S")
     if p.suffix.lower() in CONFIG_SUFFIXES:
+        from biomarkers.cohort import _streams
         from biomarkers.config import load_config
 
-        cfg = load_config(p, overrides=list(overrides or []))
+        compute = [f"compute.scheduler={scheduler}"] if scheduler is not None else []
+        compute += [f"compute.n_workers={n_workers}"] if n_workers is not None else []
+        compute += [f"compute.stream={str(stream).lower()}"] if stream is not None else []
+        cfg = load_config(p, overrides=[*(overrides or []), *compute])  # validated like the config's own keys
         method = _deseq2_method(method, cfg)
-        cells, source = _cells_from_config(cfg)
+        data: AnnData | PseudobulkSums
+        if cfg.data.path is not None and _streams(cfg):
+            where = _where(cfg.compute.scheduler, cfg.compute.n_workers)
+            logger.info("discover: %s, %s", Path(cfg.data.path).name, where)
+            data = _sums_from_config(cfg, compartments=compartments, covariates=covariates)
+            source, digest = str(cfg.data.path), data.digest
+        else:
+            if cfg.compute.scheduler is not None:
+                logger.warning(
+                    "discover: the simulated cohort is in memory already; processing it in process, not on Dask (%s)",
+                    cfg.compute.scheduler,
+                )
+            data, source, digest = _cells_from_config(cfg)
+            logger.info("discover: %s in memory (whole cohort), in process", source)
         # The cohort's labels are canonical (data.positive_label is the raw value read_cohort mapped), as in `run`.
         name, positive, negative, seed = cfg.name, k.NON_RESPONDER, k.RESPONDER, cfg.seed
         experiment = f"{cfg.name}-discovery"
@@ -101,14 +165,28 @@ def run_discovery(
         if overrides:
             msg = f"--set overrides apply to experiment configs, not to a cohort file ({p.name}). Drop --set."
             raise ConfigError(msg)
-        from biomarkers.io import read_cohort
+        from biomarkers.cohort import file_digest
 
-        cells, source = read_cohort(p), str(p)
+        if scheduler is not None or stream is not False:
+            from biomarkers.discovery._stream import stream_pseudobulk
+
+            logger.info("discover: %s, %s", p.name, _where(scheduler, n_workers or 2))
+            data = stream_pseudobulk(
+                p, compartments=compartments, covariates=covariates, scheduler=scheduler, n_workers=n_workers or 2
+            )
+            digest = data.digest
+        else:
+            from biomarkers.io import read_cohort
+
+            data, digest = read_cohort(p), file_digest(p)
+            logger.info("discover: %s in memory (whole cohort), in process", p.name)
+        source = str(p)
         name, positive, negative, seed, experiment = p.stem, k.NON_RESPONDER, k.RESPONDER, 0, "discovery"
     out = Path(out_dir) if out_dir is not None else Path("discovery") / f"{name}-{stamp}"
     return discover(
-        cells, out_dir=out, compartments=compartments, covariates=covariates, positive=positive, negative=negative,
-        method=method, top_n=top_n, fdr=fdr, experiment_name=experiment, source=source, track=track, seed=seed,
+        data, out_dir=out, compartments=compartments, covariates=covariates, positive=positive, negative=negative,
+        method=method, top_n=top_n, fdr=fdr, experiment_name=experiment, source=source, digest=digest, track=track,
+        seed=seed,
     )  # fmt: skip
 
 
@@ -145,16 +223,25 @@ def cv_experiment_with_discovery(
     -------
     Model name -> :class:`NestedCVResult`.
     """
-    from biomarkers.cohort import prepare_cohort
+    from biomarkers.cohort import _streams, prepare_cohort
     from biomarkers.models import patient_folds, spec_name
 
     method = _deseq2_method(method, cfg)
     cohort = prepare_cohort(cfg, adata=adata)
-    if cohort.cells is None:
+    cells: AnnData | PseudobulkSums | None = cohort.cells
+    if adata is None and cfg.data.path is not None and _streams(cfg):
+        # A streamed cohort keeps only a plotting subsample of its cells: the folds' DE needs every cell's counts,
+        # so the file is streamed again for its pseudobulk sums (one sample in memory at a time).
+        logger.info(
+            "cv_experiment_with_discovery: pseudobulk of %s, %s",
+            Path(cfg.data.path).name,
+            _where(cfg.compute.scheduler, cfg.compute.n_workers),
+        )
+        cells = _sums_from_config(cfg, compartments=compartments, covariates=())
+    if cells is None:
         msg = (
-            "Nested discovery needs the processed cells in memory, but the experiment streams them "
-            f"(compute.scheduler={cfg.compute.scheduler!r}, compute.stream={cfg.compute.stream}). "
-            "Run it with --set compute.scheduler=null --set compute.stream=false."
+            "Nested discovery needs the processed cells, but in-memory cells sent to Dask are not kept "
+            f"(compute.scheduler={cfg.compute.scheduler!r}). Run it with --set compute.scheduler=null."
         )
         raise ConfigError(msg)
     y = cohort.labels.sort_index()
@@ -162,7 +249,7 @@ def cv_experiment_with_discovery(
     out = {}
     for spec in (m.model_dump(exclude_none=True) for m in cfg.models):
         out[spec_name(spec)] = cv_with_discovery(
-            cohort.cells, compartments=compartments, labels=y, folds=folds, model=spec, method=method, top_n=top_n,
+            cells, compartments=compartments, labels=y, folds=folds, model=spec, method=method, top_n=top_n,
             fdr=fdr, extra_features=cohort.features, n_boot=cfg.evaluation.n_boot if n_boot is None else n_boot,
             seed=cfg.seed,
         )  # fmt: skip

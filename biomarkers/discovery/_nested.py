@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+from anndata import AnnData as AnnDataType
 from sklearn.base import BaseEstimator, TransformerMixin, clone
 
 from biomarkers import _keys as k
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from anndata import AnnData
+
+    from biomarkers.discovery._stream import PseudobulkSums
 
 logger = logging.getLogger("biomarkers")
 
@@ -189,19 +192,25 @@ class NestedCVResult:
 
 
 def _patient_response(
-    adata: AnnData, *, label_col: str, positive: str, negative: str | None, patient_col: str
+    adata: AnnData | PseudobulkSums, *, label_col: str, positive: str, negative: str | None, patient_col: str
 ) -> pd.Series:
-    if label_col not in adata.obs:
-        msg = f"Label column '{label_col}' not in adata.obs (have: {', '.join(map(str, adata.obs.columns[:12]))}). Set label_col."
+    from biomarkers.discovery._stream import PseudobulkSums
+
+    sums = adata if isinstance(adata, PseudobulkSums) else None
+    columns = sorted(sums.obs_columns) if sums is not None else list(adata.obs.columns)
+    if label_col not in columns:
+        msg = f"Label column '{label_col}' not in adata.obs (have: {', '.join(map(str, columns[:12]))}). Set label_col."
         raise DataSchemaError(msg)
-    groups = adata.obs[patient_col].astype(str)
-    first = adata.obs[label_col].groupby(groups, observed=True).first()
+    if sums is not None:
+        first = sums.first(label_col)
+    else:
+        first = adata.obs[label_col].groupby(adata.obs[patient_col].astype(str), observed=True).first()
     meta = pd.DataFrame({label_col: first})
     return patient_labels(meta, label_col=label_col, positive=positive, negative=negative)
 
 
 def cv_with_discovery(
-    adata: AnnData,
+    adata: AnnData | PseudobulkSums,
     *,
     compartments: Sequence[str] = ("stroma",),
     labels: pd.Series | None = None,
@@ -226,7 +235,9 @@ def cv_with_discovery(
     Parameters
     ----------
     adata
-        Annotated cells (``obs['compartment']``) with raw counts in ``layers['counts']``.
+        Annotated cells (``obs['compartment']``) with raw counts in ``layers['counts']``, or their
+        :class:`~biomarkers.discovery.PseudobulkSums` (:func:`~biomarkers.discovery.stream_pseudobulk`): the folds'
+        DE needs only the patients' pseudobulk counts.
     compartments
         Compartments whose discovered signature becomes a feature (``disc__<compartment>``).
     labels
@@ -278,7 +289,10 @@ def cv_with_discovery(
         )
     )
     y = pd.Series(y.to_numpy(dtype=int), index=y.index.astype(str), name=label_col).sort_index()
-    X = pseudobulk_table(adata, compartments=compartments, patient_col=patient_col, min_cells=min_cells)
+    if isinstance(adata, AnnDataType):
+        X = pseudobulk_table(adata, compartments=compartments, patient_col=patient_col, min_cells=min_cells)
+    else:
+        X = adata.table(compartments=compartments, min_cells=min_cells)
     missing = y.index.difference(X.index)
     if len(missing):
         msg = f"{len(missing)} labelled patient(s) have no cells (e.g. {missing[:3].tolist()}). Align labels to adata."
@@ -319,7 +333,9 @@ def cv_with_discovery(
     oof = pd.concat(parts, ignore_index=True)
     per_patient = summarize_oof(oof)
     p_repeats = np.vstack([summarize_oof(d).loc[per_patient.index, "p"].to_numpy() for _, d in oof.groupby("repeat")])
-    metrics = evaluate_predictions(per_patient["y_true"], per_patient["p"], n_boot=n_boot, seed=seed, p_repeats=p_repeats)
+    metrics = evaluate_predictions(
+        per_patient["y_true"], per_patient["p"], n_boot=n_boot, seed=seed, p_repeats=p_repeats
+    )
     seconds = time.perf_counter() - t0
     logger.info(
         "cv_with_discovery: %s, %d folds, AUROC %.3f [%.3f, %.3f] (%.1f s)",
