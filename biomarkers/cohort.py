@@ -175,6 +175,26 @@ def _streams(cfg: ExperimentConfig) -> bool:
     return cfg.data.kind != "bulk" and (cfg.compute.scheduler is not None or cfg.compute.stream)
 
 
+def _streamable(cfg: ExperimentConfig) -> bool:
+    """Whether ``data.path`` is a single-cell input that streams; others are read whole, by the readers' own checks.
+
+    A missing file, an unreadable one or a table in a single-cell experiment goes through ``read_cohort``, whose
+    errors say what is wrong with the file.
+    """
+    from biomarkers.compute._sources import is_h5ad_folder
+    from biomarkers.io import detect_kind
+    from biomarkers.io._read import SINGLE_CELL_KINDS
+
+    path = Path(cfg.data.path)  # type: ignore[arg-type]
+    if is_h5ad_folder(path):
+        return True
+    try:
+        kind = cfg.data.format or detect_kind(path)
+    except DataSchemaError:
+        return False
+    return kind in SINGLE_CELL_KINDS
+
+
 def _where(cfg: ExperimentConfig) -> str:
     s = cfg.compute.scheduler
     return "in process" if s is None else f"on Dask ({s}, {cfg.compute.n_workers} workers)" if s == "local" else f"on Dask ({s})"
@@ -275,7 +295,7 @@ def prepare_cohort(cfg: ExperimentConfig, *, adata: AnnData | None = None) -> Co
     A :class:`Cohort`.
     """
     t0 = time.perf_counter()
-    if adata is None and cfg.data.path is not None and _streams(cfg):
+    if adata is None and cfg.data.path is not None and _streams(cfg) and _streamable(cfg):
         return _prepare_streaming(cfg, t0=t0)
     if adata is None:
         adata, digest, source = load_cohort(cfg)
@@ -366,7 +386,7 @@ def _prepare_bulk(cfg: ExperimentConfig, adata: AnnData, *, digest: str, source:
 
 def _metadata_only(cfg: ExperimentConfig) -> AnnData | None:
     """Return a streamed h5ad's obs and var without counts (what a dry run checks), or None for other inputs."""
-    if cfg.data.path is None or not _streams(cfg):
+    if cfg.data.path is None or not _streams(cfg) or not _streamable(cfg):
         return None
     import anndata as ad
     import pandas as pd

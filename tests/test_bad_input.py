@@ -236,7 +236,7 @@ CASES = [
     ("predict_missing_model", predicting(h5ad, "models:/nope@champion"), ("not found", "registered: bad-input")),
     ("predict_missing_version", predicting(h5ad, "models:/bad-input/9"), ("/9 not found", "or alias")),
     ("predict_file_as_model", predicting(h5ad, "model.pkl"), ("'model.pkl' must be models:/", "the project's store")),
-    ("predict_few_genes", predicting(lambda t: h5ad(t, few_genes)), ("Too few signature genes", "HGNC symbols")),
+    ("predict_few_genes", predicting(lambda t: h5ad(t, few_genes)), ("too few of the scoring reference's genes", "HGNC symbols")),
     ("predict_few_features", predicting(features_csv), ("Only 1/", "Missing: aqp9_macrophage_fraction")),
     ("predict_png_csv", predicting(lambda t: raw_file(t, "x.csv", PNG)), ("Cannot read x.csv", "feature CSV")),
     ("predict_log_normalised", predicting(lambda t: h5ad(t, log_normalised)), ("No raw integer counts", "re-export")),

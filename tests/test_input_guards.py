@@ -138,7 +138,8 @@ def test_discover_from_config_labels_every_patient(tmp_path, monkeypatch, data):
     ad.obs["resp_raw"] = ad.obs[K.RESPONSE].astype(str).map({K.NON_RESPONDER: "NR", K.RESPONDER: "R"})
     ad.obs = ad.obs.drop(columns=[K.RESPONSE])
     ad.write_h5ad(tmp_path / "nr.h5ad")
-    cfg = {"name": "x", "data": {"path": "nr.h5ad", **data}}
+    # In memory: the fake discover below reads the processed cells' labels (streaming hands it pseudobulk sums).
+    cfg = {"name": "x", "data": {"path": "nr.h5ad", **data}, "compute": {"stream": False}}
     (tmp_path / "x.yaml").write_text(yaml.safe_dump(cfg))
     seen = {}
     monkeypatch.setattr(_entry, "discover", lambda cells, **kw: seen.update(cells=cells, **kw))

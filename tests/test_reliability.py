@@ -414,7 +414,7 @@ def test_imputation_selection_scaling_and_tuning_are_fitted_on_training_folds_on
 
     res = evaluate_models(
         X, y, model_specs=[{"kind": "logreg", "select_k": 3, "tune": True}], cv_spec={"n_splits": 5, "n_repeats": 2},
-        baselines=[], n_boot=100, n_permutations=0,
+        baselines=[], n_boot=100, n_permutations=0, n_workers=1,  # the spies see fits made in this process
     )  # fmt: skip
 
     jobs = [(set(tr), set(te)) for rep in res.folds for tr, te in rep]

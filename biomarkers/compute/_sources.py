@@ -140,7 +140,9 @@ class H5adSample:
         if not self.obs.index.is_unique:
             dupes = self.obs.index[self.obs.index.duplicated()].unique()
             msg = (
-                f"{len(dupes)} duplicated cell names in sample {self.sample} of {source} (e.g. {', '.join(dupes[:3])})."
+                f"{len(dupes)} duplicated cell barcodes within one sample of {source} (e.g. {', '.join(dupes[:3])} in "
+                f"sample {self.sample}). Each barcode must occur once per sample; check that files of different "
+                "samples were not merged."
             )
             raise DataSchemaError(msg)
         del rows

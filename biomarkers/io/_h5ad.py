@@ -296,7 +296,11 @@ def iter_h5ad_samples(
             sample_obs = obs.iloc[idx].copy()
             if not sample_obs.index.is_unique:
                 dupes = sample_obs.index[sample_obs.index.duplicated()].unique()
-                msg = f"{len(dupes)} duplicated cell names in sample {sample} of {source} (e.g. {preview(dupes, 3)})."
+                msg = (
+                    f"{len(dupes)} duplicated cell barcodes within one sample of {source} (e.g. {preview(dupes, 3)} in "
+                    f"sample {sample}). Each barcode must occur once per sample; check that files of different samples "
+                    "were not merged."
+                )
                 raise DataSchemaError(msg)
             counts = as_counts(rows)
             adata = ad.AnnData(X=counts, obs=sample_obs, var=var.copy())
