@@ -393,7 +393,7 @@ def test_h5ad_barcodes_repeated_across_samples_are_prefixed(tmp_path: Path) -> N
     assert [a.n_obs for a in iter_samples(tmp_path / "d.h5ad", patient_col="Patient", sample_col="sample")] == [3] * 4
     with pytest.raises(DataSchemaError, match="duplicated cell barcodes within one sample"):
         read_cohort(tmp_path / "d.h5ad", patient_col="Patient")  # one sample per patient: T1 repeats barcodes
-    with pytest.raises(DataSchemaError, match="duplicated cell names in sample"):
+    with pytest.raises(DataSchemaError, match="duplicated cell barcodes within one sample"):
         list(iter_samples(tmp_path / "d.h5ad", patient_col="Patient"))
 
 
