@@ -63,6 +63,7 @@ FAMILY_PROP = "prop"
 FAMILY_SIG = "sig"
 FAMILY_PB = "pb"
 FAMILY_PBZ = "pbz"  # pseudobulk signature z-score: exists in single-cell and bulk
+FAMILY_CLIN = "clin"  # clinical covariates: clin__<column> (one-hot: clin__<column>__<level>)
 AQP9_FRACTION = "aqp9_macrophage_fraction"
 N_CELLS = "n_cells"
 N_SAMPLES = "n_samples"

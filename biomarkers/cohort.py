@@ -57,6 +57,9 @@ class Cohort:
         The reader settings (:class:`biomarkers.io.ReadSpec`), stored with the model so predict reads alike.
     samples
         One row per sample kept: patient, tissue / timepoint / inflamed where known.
+    model_kwargs
+        Extra keyword arguments for :class:`biomarkers.tracking.BiomarkerModel` (e.g. clinical covariates and
+        per-cohort standardisation settings), so the registered model re-applies them at predict time.
     """
 
     features: pd.DataFrame
@@ -72,6 +75,7 @@ class Cohort:
     timings: dict[str, float] = field(default_factory=dict)
     read_spec: ReadSpec | None = None
     samples: pd.DataFrame | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 def file_digest(path: Path, *, chunk: int = 1 << 20) -> str:

@@ -513,6 +513,7 @@ def _log_child(
         bulk=cohort.bulk,
         metadata={"experiment": cfg.name, "model": name, "cv_auroc": float(row["auroc"])},
         read_spec=cohort.read_spec.to_dict() if cohort.read_spec is not None else None,
+        **cohort.model_kwargs,
     )
     example = cohort.features.iloc[:2].astype("float64")
     signature = infer_signature(example, model.predict_features(example))
