@@ -42,7 +42,7 @@ def register(
     client, name: str, auroc: float | None, *, kind: str | None = "single_cell", features=FEATURES, fmt: str | None = "2"
 ) -> str:
     """A version of ``name`` tagged as ``run_experiment`` tags it (``None`` leaves a tag out)."""
-    tags = {"cv_auroc": None if auroc is None else f"{auroc:.6f}", "kind": kind, "format_version": fmt}
+    tags = {"nested_cv_auroc": None if auroc is None else f"{auroc:.6f}", "kind": kind, "format_version": fmt}
     if features is not None:
         tags |= {"feature_schema": feature_schema(features), "n_candidate_features": str(len(features))}
     mv = client.create_model_version(name, source=client.source, tags={k: v for k, v in tags.items() if v is not None})
@@ -77,7 +77,7 @@ def test_better_version_takes_the_alias(client, held):
     assert (p.previous, p.current, p.moved, p.compared_with) == ("1", "2", True, "1")
     assert (
         p.reason
-        == "version 2 becomes champion: CV AUROC 0.800 > 0.750 of version 1 (same kind single_cell, same 3 candidate features)"
+        == "version 2 becomes champion: nested CV AUROC 0.800 > 0.750 of version 1 (same kind single_cell, same 3 candidate features)"
     )
     assert champion(client, held) == "2"
 
@@ -86,7 +86,7 @@ def test_better_version_takes_the_alias(client, held):
 def test_worse_or_tied_version_leaves_the_alias(client, held, auroc):
     p = promote(client, held, register(client, held, auroc), auroc)
     assert (p.previous, p.current, p.moved, p.compared_with) == ("1", "1", False, "1")
-    assert p.reason.startswith(f"champion stays at version 1: CV AUROC 0.750 >= {auroc:.3f} (same kind single_cell")
+    assert p.reason.startswith(f"champion stays at version 1: nested CV AUROC 0.750 >= {auroc:.3f} (same kind single_cell")
     assert champion(client, held) == "1"
 
 
@@ -139,12 +139,33 @@ def test_a_champion_of_an_older_model_format_is_replaced(client):
     assert champion(client, name) == "2"
 
 
-def test_comparable_champion_without_auroc_is_replaced(client):
+def test_comparable_champion_without_nested_auroc_is_replaced(client):
+    # A v0.1 champion has only the selected model's own (optimistic) cv_auroc: not comparable with a nested one.
     name = new_model(client)
-    client.set_registered_model_alias(name, "champion", register(client, name, None))
+    old = client.create_model_version(
+        name, source=client.source,
+        tags={"cv_auroc": "0.990000", "kind": "single_cell", "format_version": "2",
+              "feature_schema": feature_schema(FEATURES), "n_candidate_features": str(len(FEATURES))},
+    )  # fmt: skip
+    client.set_registered_model_alias(name, "champion", str(old.version))
     p = promote(client, name, register(client, name, 0.6), 0.6)
     assert (p.previous, p.current, p.moved, p.compared_with) == ("1", "2", True, "1")
-    assert "version 1 has no CV AUROC tag" in p.reason
+    assert "version 1 has no nested CV AUROC" in p.reason
+
+
+def test_majority_or_clinical_only_winner_is_registered_but_never_champion(client):
+    name = new_model(client)
+    client.set_registered_model_alias(name, "champion", register(client, name, 0.7))
+    p = promote_if_better(client, name, alias="champion", version=register(client, name, 0.9), cv_auroc=0.9,
+                          blocked="the clinical-only model won")  # fmt: skip
+    assert (p.previous, p.current, p.moved) == ("1", "1", False)
+    assert "never promoted: the clinical-only model won" in p.reason
+    assert champion(client, name) == "1"
+    fresh = new_model(client)
+    q = promote_if_better(client, fresh, alias="champion", version=register(client, fresh, 0.9), cv_auroc=0.9,
+                          blocked="the majority baseline won")  # fmt: skip
+    assert not q.moved
+    assert "no champion is set" in q.reason
 
 
 # --- end to end: the default registry name is the experiment name -------------------------------------------------
@@ -163,7 +184,7 @@ TINY = {
 def test_config_without_model_name_registers_under_the_experiment_name(mlflow_store, capsys):
     from biomarkers.cli._run import _print_summary
 
-    cells = bm.simulate_cohort(n_patients=8, cells_per_patient=60, n_genes=400, seed=0)
+    cells = bm.simulate_cohort(n_patients=12, cells_per_patient=60, n_genes=400, seed=0)
     cfg = ExperimentConfig.model_validate(TINY)
     assert cfg.registry.model_name is None
     res = bm.run_experiment(cfg, adata=cells.copy())

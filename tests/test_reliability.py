@@ -267,7 +267,7 @@ def test_same_config_and_seed_give_identical_results_in_fresh_processes(solo, co
     assert len(runs) == 3
     logged = [_logged(client, parent, tmp_path / str(i)) for i, (client, parent) in enumerate(runs)]
     reference = logged[0]
-    assert "permutation_p_value" in reference["parent"]
+    assert "selection_p_value" in reference["parent"]
     assert {"logreg", "random_forest", "lightgbm"} <= set(reference)
     for other in logged[1:]:
         assert set(other) == set(reference)
@@ -415,6 +415,7 @@ def test_imputation_selection_scaling_and_tuning_are_fitted_on_training_folds_on
     res = evaluate_models(
         X, y, model_specs=[{"kind": "logreg", "select_k": 3, "tune": True}], cv_spec={"n_splits": 5, "n_repeats": 2},
         baselines=[], n_boot=100, n_permutations=0, n_workers=1,  # the spies see fits made in this process
+        nested=False,  # the nested CV's inner fits are checked below
     )  # fmt: skip
 
     jobs = [(set(tr), set(te)) for rep in res.folds for tr, te in rep]
@@ -434,6 +435,19 @@ def test_imputation_selection_scaling_and_tuning_are_fitted_on_training_folds_on
         assert all(s <= train and not s & test for s in fits), "a tuning fit saw a held-out patient"
         assert any(s < train for s in fits), "inner folds are proper subsets of the training fold"
         assert fits[-1] == train, "the tuned model is refitted on the whole training fold"
+
+    # Nested CV: every fit (outer and inner, selection and tuning included) sees rows of one outer training fold.
+    seen.clear()
+    scaler.clear()
+    res = evaluate_models(
+        X, y, model_specs=[{"kind": "logreg", "select_k": 3, "tune": True}], cv_spec={"n_splits": 5, "n_repeats": 2},
+        baselines=[], n_boot=100, n_permutations=0, n_workers=1,
+    )  # fmt: skip
+    trains = [train for train, _ in jobs]
+    imputer_fits = [s for n_, s in seen if n_ == "SimpleImputer"]
+    assert len(imputer_fits) > len(jobs), "the inner CV fitted its own pipelines"
+    for s in imputer_fits:
+        assert any(s <= train for train in trains), "a nested fit saw a patient outside every outer training fold"
 
 
 # --- security -------------------------------------------------------------------------------------------------

@@ -20,7 +20,8 @@ def _print_summary(res) -> None:
     n = len(res.cohort.features)
     groups = res.cohort.groups
     unit = f"{n} samples of {groups.nunique()} patients" if groups is not None else f"{n} patients"
-    table = Table(title=f"{res.experiment_name}: {unit}, {cv['n_repeats']}x{cv['n_splits']}-fold CV by patient, {ev.ci * 100:g}% bootstrap CIs")
+    scheme = "leave-one-cohort-out" if cv.get("strategy") == "leave_one_cohort_out" else f"{cv['n_repeats']}x{cv['n_splits']}-fold CV by patient"
+    table = Table(title=f"{res.experiment_name}: {unit}, {scheme}, {ev.ci * 100:g}% bootstrap CIs")
     for col in ("model", "kind", "AUROC", "AUPRC", "balanced acc.", "Brier"):
         table.add_column(col, justify="left" if col in {"model", "kind"} else "right")
     for name, r in ev.metrics.iterrows():
@@ -33,15 +34,10 @@ def _print_summary(res) -> None:
             "[dim]majority predicts each training fold's prevalence: its AUROC below 0.5 is a CV artifact "
             "(holding out a non-responder lowers its fold's prevalence); compare models with it on Brier score.[/dim]"
         )
-    perm = ev.permutation
-    if perm is not None:
-        n_models = int((ev.metrics["kind"] == "model").sum())
-        bound = f"; x{n_models} for choosing among {n_models} models: <= {min(1.0, n_models * perm.p_value):.3g}" if n_models > 1 else ""
-        console.print(
-            f"Best model: {ev.best_model}; permutation test p = {perm.p_value:.3g} ({perm.n_permutations} label permutations{bound}). "
-            "Its CV AUROC was selected as the highest, so it is optimistic."
-        )
-    console.print(f"Decision threshold (Youden, out-of-fold): {ev.threshold:.3f}")
+    for line in selection_summary(ev):
+        console.print(line)
+    if ev.cohort_metrics is not None:
+        console.print(_cohort_table(ev))
     console.print(f"MLflow: experiment '{res.experiment_name}', parent run {res.parent_run_id} ({bm.tracking.tracking_uri()})")
     if res.model_uri:
         # What the registry compared (same kind and candidate features), or why it compared nothing.
@@ -52,6 +48,84 @@ def _print_summary(res) -> None:
         console.print(f"Predict:  biomarkers predict {new} --model models:/{name}@{res.alias} --out preds.csv")
     console.print("Compare:  biomarkers compare --experiment " + res.experiment_name + "    UI: biomarkers ui  (http://127.0.0.1:5000)")
     console.print(f"Time: {res.seconds:.1f} s ({', '.join(f'{k} {v:.1f}' for k, v in res.timings.items() if k != 'total_s')})")
+
+
+def _ci(d: dict, key: str = "delta") -> str:
+    return f"{d[key]:+.3f} [{d['ci_low']:+.2f} to {d['ci_high']:+.2f}]"
+
+
+def selection_summary(ev) -> list[str]:
+    """Return the lines that say what was selected, how honestly it was evaluated, and what it adds."""
+    lines = []
+    best, spec = ev.best_model, ev.specs[ev.best_model]
+    cv_auroc = ev.metrics.loc[best, "auroc"]
+    if spec["kind"] == "single_feature":
+        lines.append(
+            f"Selected: a single feature wins, {spec['feature']} (CV AUROC {cv_auroc:.3f}): no model beats it; it is "
+            "registered as a one-feature model (logistic regression on that feature)."
+        )
+    else:
+        lines.append(f"Selected: {best} ({ev.role}; CV AUROC {cv_auroc:.3f}, optimistic: it is the highest of {len(ev.specs)}).")
+    if ev.champion_block:
+        lines.append(f"[bold red]Not promoted to champion:[/bold red] {ev.champion_block}.")
+    nm = ev.nested_metrics
+    if nm:
+        counts = ", ".join(f"{n} {c}" for n, c in ev.nested.counts.items())
+        lines.append(
+            f"Nested CV AUROC of the choose-then-fit procedure: [bold]{nm['auroc']:.3f} [{nm['auroc_ci_low']:.2f}-"
+            f"{nm['auroc_ci_high']:.2f}][/bold] (outer folds chose: {counts})"
+        )
+    perm = ev.permutation
+    if perm is not None:
+        stop = f", stopped early after {perm.n_permutations}" if perm.stopped_early else ""
+        lines.append(
+            f"Selection-aware permutation test: p = {perm.p_value:.3g} (best of {len(ev.specs)} candidates' 1x"
+            f"{ev.cv['n_splits']}-fold AUROC {perm.observed:.3f} vs {perm.n_permutations} permutations{stop}; null mean "
+            f"{perm.null.mean():.3f})"
+        )
+    rule = ev.threshold_rule
+    name = "Youden" if rule["rule"] == "youden" else f"sensitivity >= {rule['target_sensitivity']:g}"
+    if ev.nested is not None:
+        n = ev.nested
+        lines.append(
+            f"Threshold ({name}, chosen inside each training fold): {ev.threshold:.3f}; out-of-fold sensitivity "
+            f"{n.sensitivity:.2f}, specificity {n.specificity:.2f}"
+        )
+        lines.append(
+            f"Calibration (nested, out-of-fold): slope {n.calibration_slope:.2f} (ideal 1), intercept "
+            f"{n.calibration_intercept:+.2f} (ideal 0)"
+        )
+    else:
+        lines.append(f"Threshold ({name}, out-of-fold): {ev.threshold:.3f}")
+    for key, label in (("vs_best_baseline", "best baseline"), ("vs_clinical", "clinical-only model")):
+        if key in ev.deltas:
+            d = ev.deltas[key]
+            lines.append(f"ΔAUROC vs {label} ({d['against']}): {_ci(d)} (paired bootstrap over patients)")
+    if "incremental" in ev.deltas:
+        d = ev.deltas["incremental"]
+        verdict = "the biomarkers add to the clinical covariates" if d["ci_low"] > 0 else "not shown to add beyond them"
+        lines.append(f"Biomarkers beyond clinical covariates ({d['model']} - {d['against']}): ΔAUROC {_ci(d)}: {verdict}")
+    return lines
+
+
+def _cohort_table(ev):
+    from rich.table import Table
+
+    t = ev.cohort_metrics
+    cohorts = sorted(t["cohort"].unique())
+    table = Table(title="Leave-one-cohort-out: AUROC on each held-out cohort")
+    table.add_column("model")
+    for c in cohorts:
+        n = t.loc[t["cohort"] == c, "n"].iloc[0]
+        table.add_column(f"{c} (n={n})", justify="right")
+    for name, rows in t.groupby("model", sort=False):
+        by = rows.set_index("cohort")
+        cells = [
+            "n/a" if by.loc[c, "auroc"] != by.loc[c, "auroc"] else f"{by.loc[c, 'auroc']:.2f} [{by.loc[c, 'auroc_ci_low']:.2f}-{by.loc[c, 'auroc_ci_high']:.2f}]"
+            for c in cohorts
+        ]
+        table.add_row(str(name), *cells)
+    return table
 
 
 def run(

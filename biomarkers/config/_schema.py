@@ -103,7 +103,19 @@ class LightGBMSpec(_ModelBase):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-ModelSpec = Annotated[LogRegSpec | RandomForestSpec | LightGBMSpec, Field(discriminator="kind")]
+class MechanismScoreSpec(_Strict):
+    """A prespecified mechanism score: a fixed-sign sum of standardised features (no weights are learned).
+
+    ``weights`` null means the shipped list (``biomarkers.models.DEFAULT_MECHANISM_WEIGHTS``: AQP9+ macrophage
+    fraction, MNP OSM, and the OSM / IL-6-STAT3 response of MNPs, stroma and epithelium).
+    """
+
+    kind: Literal["mechanism_score"] = "mechanism_score"
+    name: str | None = None
+    weights: dict[str, Literal[1, -1]] | None = None
+
+
+ModelSpec = Annotated[LogRegSpec | RandomForestSpec | LightGBMSpec | MechanismScoreSpec, Field(discriminator="kind")]
 
 
 class BaselineSpec(_Strict):
@@ -114,18 +126,35 @@ class BaselineSpec(_Strict):
 
 
 class CVSpec(_Strict):
-    """Repeated stratified k-fold over patients."""
+    """Repeated stratified k-fold over patients, or leave-one-cohort-out (``data.cohort_col``).
 
+    ``inner_splits`` is K of the nested CV's inner loop, which chooses among candidates inside each outer training
+    fold (null: ``n_splits``). Leave-one-cohort-out holds out each cohort once (one repeat).
+    """
+
+    strategy: Literal["stratified", "leave_one_cohort_out"] = "stratified"
     n_splits: int = Field(5, ge=2)
     n_repeats: int = Field(5, ge=1)
+    inner_splits: int | None = Field(None, ge=2)
+
+
+class TargetSensitivity(_Strict):
+    """Operating threshold: the most specific call that keeps at least this sensitivity."""
+
+    target_sensitivity: float = Field(gt=0, lt=1)
 
 
 class EvaluationSpec(_Strict):
-    """Confidence intervals and the permutation test."""
+    """Confidence intervals, the selection-aware permutation test and the operating threshold.
+
+    ``threshold`` (``youden`` or ``{target_sensitivity: 0.9}``) is chosen inside each outer training fold for the
+    reported sensitivity / specificity, and on all patients' out-of-fold predictions for ``predict``.
+    """
 
     n_boot: int = Field(1000, ge=100)
     n_permutations: int = Field(100, ge=0)
     ci: float = Field(0.95, gt=0.5, lt=1)
+    threshold: Literal["youden"] | TargetSensitivity = "youden"
 
 
 class PlotSpec(_Strict):

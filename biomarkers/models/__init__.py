@@ -17,11 +17,17 @@ Design choices
   are calibrated enough for Brier score and balanced accuracy). The majority baseline's CV AUROC is usually
   below 0.5: a held-out non-responder leaves fewer non-responders in its training fold, so it gets a lower
   prevalence. Its Brier score is the reference to beat; its AUROC is not.
-- Threshold: Youden's J on the best model's repeat-averaged OOF predictions (stored as ``threshold``; metrics
-  tables use 0.5, since balanced accuracy at a threshold tuned on the same predictions would be optimistic).
-- Permutation test: labels shuffled (by group), the whole CV re-run (1 repeat by default); the p-value is for
-  the chosen model and is not corrected for choosing it among several (a Bonferroni bound is n_models x p).
-  The best model's CV AUROC is likewise optimistic by the choice (winner's curse); the baselines are not chosen.
+- Candidates: the models (including the prespecified ``mechanism_score``), the clinical models when X has
+  ``clin__`` covariates (``clinical_only``; ``clinical_plus_biomarkers``, the covariates plus the mechanism
+  score) and the baselines. The one with the best CV AUROC is selected and registered (ties: the simplest).
+- Nested CV (``_select.py``): the choose-then-fit procedure is cross-validated, choosing by an inner CV inside
+  each outer training fold; its AUROC (``nested_cv_auroc``) is the headline, since the winner's own CV AUROC is
+  optimistic by the choice. Paired bootstrap deltas compare it with the best baseline and the clinical model.
+- Threshold: ``youden`` or ``{target_sensitivity: s}``, chosen inside each outer training fold on the inner OOF
+  predictions (honest out-of-fold sensitivity / specificity), and on all patients' OOF predictions for predict.
+- Selection-aware permutation test: each permutation reruns every candidate and keeps the best 1 x K-fold AUROC,
+  so the p-value accounts for the choice; sequential stopping (Besag-Clifford).
+- Leave-one-cohort-out (``cv.strategy``): each cohort held out once; labels permuted within cohorts.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from __future__ import annotations
 from biomarkers.models._cv import align_groups, as_binary_labels, cross_validate_model, patient_folds, summarize_oof
 from biomarkers.models._estimators import (
     BASELINE_KINDS,
+    BUILDERS,
+    CLINICAL_KINDS,
     LIGHTGBM_DEFAULTS,
     MODEL_KINDS,
     TunedLogisticRegression,
@@ -38,36 +46,65 @@ from biomarkers.models._estimators import (
 )
 from biomarkers.models._evaluate import (
     CV_DEFAULTS,
+    CV_STRATEGIES,
     DEFAULT_SINGLE_FEATURES,
     EvaluationResult,
+    check_cv,
     evaluate_models,
     fit_final,
 )
-from biomarkers.models._metrics import METRICS, evaluate_predictions, point_metrics, youden_threshold
-from biomarkers.models._permutation import PERMUTATION_PARAMS, PermutationResult, permutation_test
+from biomarkers.models._mechanism import DEFAULT_MECHANISM_WEIGHTS
+from biomarkers.models._metrics import (
+    METRICS,
+    choose_threshold,
+    evaluate_predictions,
+    operating_point,
+    paired_delta_auroc,
+    point_metrics,
+    youden_threshold,
+)
+from biomarkers.models._permutation import (
+    PERMUTATION_PARAMS,
+    PermutationResult,
+    permutation_test,
+    selection_permutation_test,
+)
+from biomarkers.models._select import NestedSelection, cohort_folds, pick_best
 
 __all__ = [
     "BASELINE_KINDS",
+    "BUILDERS",
+    "CLINICAL_KINDS",
     "CV_DEFAULTS",
+    "CV_STRATEGIES",
+    "DEFAULT_MECHANISM_WEIGHTS",
     "DEFAULT_SINGLE_FEATURES",
     "LIGHTGBM_DEFAULTS",
     "METRICS",
     "MODEL_KINDS",
     "PERMUTATION_PARAMS",
     "EvaluationResult",
+    "NestedSelection",
     "PermutationResult",
     "TunedLogisticRegression",
     "align_groups",
     "as_binary_labels",
+    "check_cv",
+    "choose_threshold",
+    "cohort_folds",
     "cross_validate_model",
     "evaluate_models",
     "evaluate_predictions",
     "feature_importance",
     "fit_final",
     "make_estimator",
+    "operating_point",
+    "paired_delta_auroc",
     "patient_folds",
     "permutation_test",
+    "pick_best",
     "point_metrics",
+    "selection_permutation_test",
     "spec_name",
     "summarize_oof",
     "youden_threshold",

@@ -367,19 +367,23 @@ def _cross_validate_many(
     groups: np.ndarray | None,
     n_workers: int = 1,
     trees: Mapping[str, tuple[int, int]] | None = None,
+    split_X: Mapping[tuple[int, int], pd.DataFrame] | None = None,
 ) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
     """OOF tables of several estimators on the same folds, all their fits in one :func:`run_tasks` call.
 
     ``trees[name] = (n, k)`` also returns, for the first ``k`` repeats, the OOF table of the forest's first ``n``
-    trees (see :func:`_fit_predict`). ``X``, ``y`` and ``groups`` are checked and aligned already.
+    trees (see :func:`_fit_predict`). ``split_X[(repeat, fold)]`` replaces X for that split (features whose
+    label-free reference was fitted on the split's training rows only). ``X``, ``y`` and ``groups`` are checked
+    and aligned already.
     """
     _check_folds(folds, len(X), y, "patients" if groups is None else "samples")
     trees = dict(trees or {})
-    splits = [(r, tr, te) for r, rep in enumerate(folds) for tr, te in rep]
+    split_X = split_X or {}
+    splits = [(r, tr, te, split_X.get((r, f), X)) for r, rep in enumerate(folds) for f, (tr, te) in enumerate(rep)]
     tasks = [
-        (est, X, y, tr, te, trees[name][0] if name in trees and r < trees[name][1] else None)
+        (est, Xs, y, tr, te, trees[name][0] if name in trees and r < trees[name][1] else None)
         for name, est in estimators.items()
-        for r, tr, te in splits
+        for r, tr, te, Xs in splits
     ]
     results = iter(run_tasks(_fit_predict, tasks, n_workers=n_workers))
     oof, oof_trees = {}, {}
@@ -486,3 +490,10 @@ def summarize_oof(oof: pd.DataFrame) -> pd.DataFrame:
     )
     out.index.name = PATIENT
     return out
+
+
+def _inner_predict(
+    est: BaseEstimator, X: pd.DataFrame, y: np.ndarray, inner: list[tuple[np.ndarray, np.ndarray]]
+) -> np.ndarray:
+    """Out-of-fold probabilities of one candidate over an outer training set's inner folds (one task)."""
+    return np.concatenate([_fit_predict(est, X, y, tr, te)[0] for tr, te in inner])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -25,12 +25,21 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from biomarkers._errors import ConfigError, DataSchemaError
+from biomarkers._keys import FAMILY_CLIN, FEATURE_SEP
+from biomarkers.models._mechanism import ScoreClassifier, SignedSum, check_weights
 
 logger = logging.getLogger("biomarkers")
 
-MODEL_KINDS: tuple[str, ...] = ("logreg", "random_forest", "lightgbm")
+MODEL_KINDS: tuple[str, ...] = ("logreg", "random_forest", "lightgbm", "mechanism_score")
 BASELINE_KINDS: tuple[str, ...] = ("majority", "single_feature")
-SPEC_KEYS: frozenset[str] = frozenset({"kind", "name", "params", "select_k", "tune", "tune_grid", "feature"})
+CLINICAL_KINDS: tuple[str, ...] = ("clinical",)
+ALL_KINDS: tuple[str, ...] = MODEL_KINDS + CLINICAL_KINDS + BASELINE_KINDS
+INPUTS: tuple[str, ...] = ("biomarkers", "clinical", "all")
+SPEC_KEYS: frozenset[str] = frozenset(
+    {"kind", "name", "params", "select_k", "tune", "tune_grid", "feature", "weights", "inputs", "columns"}
+)
+CLINICAL_PREFIX = f"{FAMILY_CLIN}{FEATURE_SEP}"
+_READS_ALL = ("logreg", "random_forest", "lightgbm")  # kinds that read every column they are given
 #: Grid of inverse regularisation strengths searched when ``tune: true`` (logreg only).
 DEFAULT_C_GRID: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 #: Settings for LightGBM on tens of rows: its defaults (min_child_samples=20, min_data_in_bin=3) barely
@@ -215,8 +224,8 @@ def _check_spec(spec: Mapping[str, Any]) -> str:
         msg = f"A model spec must be a mapping with a 'kind' key (got: {spec!r}). Example: {{'kind': 'logreg'}}."
         raise ConfigError(msg)
     kind = spec["kind"]
-    if kind not in MODEL_KINDS + BASELINE_KINDS:
-        msg = f"Unknown model kind {kind!r} (have: {', '.join(MODEL_KINDS + BASELINE_KINDS)}). Fix models[].kind."
+    if kind not in ALL_KINDS:
+        msg = f"Unknown model kind {kind!r} (have: {', '.join(ALL_KINDS)}). Fix models[].kind."
         raise ConfigError(msg)
     unknown = sorted(set(spec) - SPEC_KEYS)
     if unknown:
@@ -230,6 +239,12 @@ def _check_spec(spec: Mapping[str, Any]) -> str:
         raise ConfigError(msg)
     if kind == "single_feature" and not spec.get("feature"):
         msg = "A single_feature baseline needs a 'feature' (a column of X), e.g. {'kind': 'single_feature', ...}."
+        raise ConfigError(msg)
+    if spec.get("weights") is not None and kind not in ("mechanism_score", "clinical"):
+        msg = f"'weights' only applies to kinds mechanism_score and clinical (got kind {kind!r}). Remove it."
+        raise ConfigError(msg)
+    if spec.get("inputs", "biomarkers") not in INPUTS:
+        msg = f"inputs must be one of {', '.join(INPUTS)} (got {spec.get('inputs')!r}). Fix models[].inputs."
         raise ConfigError(msg)
     return str(kind)
 
@@ -256,10 +271,136 @@ def spec_name(spec: Mapping[str, Any]) -> str:
         return str(spec["name"])
     if spec["kind"] == "single_feature":
         return f"single__{spec['feature']}"
+    if spec["kind"] == "clinical":
+        return "clinical_plus_biomarkers" if spec.get("weights") else "clinical_only"
     return str(spec["kind"])
 
 
-def make_estimator(spec: Mapping[str, Any], *, seed: int | None = 0, n_features: int | None = None) -> Pipeline:
+def is_clinical(column: Any) -> bool:
+    """Whether a feature column is a clinical covariate (``clin__<column>``), not a biomarker."""
+    return str(column).startswith(CLINICAL_PREFIX)
+
+
+def input_columns(spec: Mapping[str, Any], columns: Any) -> list[str] | None:
+    """Return the columns of X a spec's estimator reads, or None for all of them.
+
+    Biomarker models (the default ``inputs: biomarkers``) never see clinical covariates, so that a clinical-only
+    and a clinical-plus-biomarkers candidate measure what the biomarkers add.
+    """
+    cols = [str(c) for c in columns]
+    inputs = spec.get("inputs", "biomarkers")
+    if spec["kind"] == "clinical" or inputs == "clinical":
+        return [c for c in cols if is_clinical(c)]
+    if inputs == "all" or not any(is_clinical(c) for c in cols):
+        return None
+    return [c for c in cols if not is_clinical(c)]
+
+
+Builder = Callable[[Mapping[str, Any], dict[str, Any], int | None, int | None], BaseEstimator]
+
+
+def _select_k_step(spec: Mapping[str, Any], n_features: int | None) -> list[tuple[str, BaseEstimator]]:
+    k = spec.get("select_k")
+    if k is None:
+        return []
+    k = int(k)
+    if k < 1:
+        msg = f"select_k must be a positive integer or null (got {k}). Fix models[].select_k."
+        raise ConfigError(msg)
+    if n_features is not None and k >= n_features:
+        logger.debug("make_estimator: select_k=%d >= %d features; keeping all features", k, n_features)
+        return []
+    return [("select", SelectKBest(anova_f_safe, k=k))]
+
+
+def _build_logreg(spec: Mapping[str, Any], params: dict[str, Any], seed: int | None, n: int | None) -> Pipeline:
+    steps = [("impute", _imputer()), *_select_k_step(spec, n), ("scale", StandardScaler())]
+    if spec.get("tune"):
+        if "C" in params:
+            msg = f"params.C={params['C']} conflicts with tune: true (C is chosen by inner CV). Use tune_grid."
+            raise ConfigError(msg)
+        grid = tuple(float(c) for c in (spec.get("tune_grid") or DEFAULT_C_GRID))
+        clf: BaseEstimator = TunedLogisticRegression(Cs=grid, random_state=seed, **params)
+    else:
+        clf = _logreg(params, seed=seed)
+    return Pipeline([*steps, ("clf", clf)])
+
+
+def _build_random_forest(spec: Mapping[str, Any], params: dict[str, Any], seed: int | None, n: int | None) -> Pipeline:
+    from sklearn.ensemble import RandomForestClassifier
+
+    clf = RandomForestClassifier(random_state=seed, **{**RANDOM_FOREST_DEFAULTS, **params})
+    return Pipeline([("impute", _imputer()), *_select_k_step(spec, n), ("clf", clf)])
+
+
+def _build_lightgbm(spec: Mapping[str, Any], params: dict[str, Any], seed: int | None, n: int | None) -> Pipeline:
+    from lightgbm import LGBMClassifier
+
+    clf = LGBMClassifier(random_state=seed, **{**LIGHTGBM_DEFAULTS, **params})
+    return Pipeline([("impute", _imputer()), *_select_k_step(spec, n), ("clf", clf)])
+
+
+def _build_majority(spec: Mapping[str, Any], params: dict[str, Any], seed: int | None, n: int | None) -> Pipeline:  # noqa: ARG001
+    return Pipeline([("impute", _imputer()), ("clf", DummyClassifier(strategy="prior"))])
+
+
+def _build_single_feature(spec: Mapping[str, Any], params: dict[str, Any], seed: int | None, n: int | None) -> Pipeline:  # noqa: ARG001
+    select = ColumnTransformer([("feature", "passthrough", [spec["feature"]])], remainder="drop")
+    return Pipeline([("column", select), ("impute", _imputer()), ("scale", StandardScaler()), ("clf", _logreg(params, seed=seed))])
+
+
+def _mechanism_steps(weights: Mapping[str, int]) -> Pipeline:
+    """Impute, standardise and sum with fixed signs: the score's only fitted steps are median and mean/SD."""
+    return Pipeline([("impute", _imputer()), ("scale", StandardScaler()), ("score", SignedSum(tuple(weights.values())))])
+
+
+def _weights(spec: Mapping[str, Any]) -> dict[str, int]:
+    weights = spec.get("weights")
+    if not weights:
+        msg = (
+            f"{spec_name(spec)} has no resolved weights: evaluate_models resolves the default list against X; "
+            "pass weights: {feature: 1, ...} to make_estimator."
+        )
+        raise ConfigError(msg)
+    return check_weights(weights)
+
+
+def _build_mechanism_score(spec: Mapping[str, Any], params: dict[str, Any], seed: int | None, n: int | None) -> Pipeline:  # noqa: ARG001
+    weights = _weights(spec)
+    select = ColumnTransformer([("feature", _mechanism_steps(weights), list(weights))], remainder="drop")
+    return Pipeline([("column", select), ("clf", ScoreClassifier(**params))])
+
+
+def _build_clinical(spec: Mapping[str, Any], params: dict[str, Any], seed: int | None, n: int | None) -> Pipeline:  # noqa: ARG001
+    """Logistic regression on the clinical covariates, plus the mechanism score as one more column (``weights``).
+
+    The biomarkers enter as one prespecified score rather than 40 free features, so that on tens of patients the
+    comparison with the clinical-only model measures what the biomarkers add, not how much a bigger model overfits.
+    """
+    clin = list(spec["columns"])
+    parts: list[tuple[str, Any, list[str]]] = [("clin", Pipeline([("impute", _imputer()), ("scale", StandardScaler())]), clin)]
+    weights = spec.get("weights")
+    if weights:
+        w = check_weights(weights)
+        parts.append(("mech", Pipeline([*_mechanism_steps(w).steps, ("rescale", StandardScaler())]), list(w)))
+    return Pipeline([("column", ColumnTransformer(parts, remainder="drop")), ("clf", _logreg({"C": 1.0, **params}, seed=seed))])
+
+
+#: kind -> builder. A new method is a builder here (and its kind in the config schema), not another branch.
+BUILDERS: dict[str, Builder] = {
+    "logreg": _build_logreg,
+    "random_forest": _build_random_forest,
+    "lightgbm": _build_lightgbm,
+    "mechanism_score": _build_mechanism_score,
+    "clinical": _build_clinical,
+    "majority": _build_majority,
+    "single_feature": _build_single_feature,
+}
+
+
+def make_estimator(
+    spec: Mapping[str, Any], *, seed: int | None = 0, n_features: int | None = None, columns: Any = None
+) -> Pipeline:
     """Build an unfitted sklearn Pipeline (median imputation, scaling, optional selection, classifier) from a spec.
 
     Parameters
@@ -270,15 +411,22 @@ def make_estimator(spec: Mapping[str, Any], *, seed: int | None = 0, n_features:
         with saga; ``params.C``; ``params.class_weight: balanced``; ``tune: true`` picks C from ``tune_grid`` by
         inner stratified CV on log loss (:class:`TunedLogisticRegression`), inside whatever outer fold the
         pipeline is fitted on, i.e. nested CV), ``random_forest``
-        (300 trees: plenty for tens of patients, min_samples_leaf=2), ``lightgbm`` (settings for tens of rows, see ``LIGHTGBM_DEFAULTS``).
-        Baselines: ``majority`` (predicts the training prevalence) and ``single_feature`` with ``feature: <column>``
-        (a 1-feature logistic regression, so its sign and calibration are learned inside the training fold).
-        ``params`` override the defaults and go to the classifier. ``select_k`` adds ``SelectKBest`` (ANOVA F)
-        after imputation.
+        (300 trees: plenty for tens of patients, min_samples_leaf=2), ``lightgbm`` (settings for tens of rows, see
+        ``LIGHTGBM_DEFAULTS``), ``mechanism_score`` with ``weights: {feature: +1 or -1}`` (a fixed-sign sum of
+        standardised features, see :mod:`biomarkers.models._mechanism`), ``clinical`` with ``columns`` (the
+        ``clin__`` covariates; a logistic regression) and optionally ``weights`` (the mechanism score as one more
+        covariate). Baselines: ``majority`` (predicts the training prevalence) and ``single_feature`` with
+        ``feature: <column>`` (a 1-feature logistic regression, so its sign and calibration are learned inside the
+        training fold). ``params`` override the defaults and go to the classifier. ``select_k`` adds
+        ``SelectKBest`` (ANOVA F) after imputation. ``inputs`` (``biomarkers``, the default; ``clinical``; ``all``)
+        picks the columns of X a model reads: biomarker models never see ``clin__`` covariates.
     seed
         ``random_state`` of the classifier and of the inner tuning folds.
     n_features
         Number of input columns, if known; ``select_k`` is capped at it (``k >= n_features`` keeps all).
+    columns
+        The columns of X, if known: with clinical covariates among them, a biomarker model's pipeline starts by
+        keeping the biomarker columns (:func:`input_columns`).
 
     Returns
     -------
@@ -293,44 +441,18 @@ def make_estimator(spec: Mapping[str, Any], *, seed: int | None = 0, n_features:
     """
     kind = _check_spec(spec)
     params = dict(spec.get("params") or {})
-    if kind == "majority":
-        return Pipeline([("impute", _imputer()), ("clf", DummyClassifier(strategy="prior"))])
-    if kind == "single_feature":
-        select = ColumnTransformer([("feature", "passthrough", [spec["feature"]])], remainder="drop")
-        clf = _logreg(params, seed=seed)
-        return Pipeline([("column", select), ("impute", _imputer()), ("scale", StandardScaler()), ("clf", clf)])
-
-    steps: list[tuple[str, BaseEstimator]] = [("impute", _imputer())]
-    k = spec.get("select_k")
-    if k is not None:
-        k = int(k)
-        if k < 1:
-            msg = f"select_k must be a positive integer or null (got {k}). Fix models[].select_k."
-            raise ConfigError(msg)
-        if n_features is not None and k >= n_features:
-            logger.debug("make_estimator: select_k=%d >= %d features; keeping all features", k, n_features)
-        else:
-            steps.append(("select", SelectKBest(anova_f_safe, k=k)))
-    if kind == "logreg":
-        steps.append(("scale", StandardScaler()))
-        if spec.get("tune"):
-            if "C" in params:
-                msg = f"params.C={params['C']} conflicts with tune: true (C is chosen by inner CV). Use tune_grid."
-                raise ConfigError(msg)
-            grid = tuple(float(c) for c in (spec.get("tune_grid") or DEFAULT_C_GRID))
-            clf: BaseEstimator = TunedLogisticRegression(Cs=grid, random_state=seed, **params)
-        else:
-            clf = _logreg(params, seed=seed)
-    elif kind == "random_forest":
-        from sklearn.ensemble import RandomForestClassifier
-
-        clf = RandomForestClassifier(random_state=seed, **{**RANDOM_FOREST_DEFAULTS, **params})
-    else:
-        from lightgbm import LGBMClassifier
-
-        clf = LGBMClassifier(random_state=seed, **{**LIGHTGBM_DEFAULTS, **params})
-    steps.append(("clf", clf))
-    return Pipeline(steps)
+    keep = input_columns(spec, columns) if columns is not None else None
+    if kind == "clinical":
+        spec = {**spec, "columns": spec.get("columns") or keep or []}
+        if not spec["columns"]:
+            msg = "A clinical candidate needs clin__ covariates in X (features.clinical). Add them or drop the candidate."
+            raise DataSchemaError(msg)
+        return BUILDERS[kind](spec, params, seed, n_features)
+    if keep is not None and kind in _READS_ALL:
+        pipe = BUILDERS[kind](spec, params, seed, len(keep))
+        select = ColumnTransformer([("feature", "passthrough", keep)], remainder="drop")
+        return Pipeline([("column", select), *pipe.steps])
+    return BUILDERS[kind](spec, params, seed, n_features)
 
 
 def _imputer() -> SimpleImputer:

@@ -1,27 +1,22 @@
-"""Metrics of out-of-fold predictions with percentile-bootstrap CIs over patients.
+"""Metrics of out-of-fold predictions with percentile-bootstrap CIs over patients, thresholds and paired deltas.
 
 The metric functions are small numpy re-implementations of sklearn's (checked against sklearn in the tests), so
-that 1,000 bootstrap resamples of several models take well under a second.
+that 1,000 bootstrap resamples of several models take well under a second. AUROC and the bootstrap (stratified by
+class) are :mod:`biomarkers.stats`'.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from scipy.stats import rankdata
 
-from biomarkers._errors import DataSchemaError
+from biomarkers._errors import ConfigError, DataSchemaError
+from biomarkers.stats import auroc as _auroc
+from biomarkers.stats import bootstrap_indices
 
 METRICS: tuple[str, ...] = ("auroc", "auprc", "balanced_accuracy", "brier")
-
-
-def _auroc(y: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """Rows of (y, s): Mann-Whitney AUROC with average ranks for ties (= sklearn roc_auc_score)."""
-    r = rankdata(s, axis=-1)
-    n1 = y.sum(axis=-1)
-    n0 = y.shape[-1] - n1
-    return ((r * y).sum(axis=-1) - n1 * (n1 + 1) / 2) / (n1 * n0)
 
 
 def _average_precision(y: np.ndarray, s: np.ndarray) -> float:
@@ -89,20 +84,6 @@ def _check(y_true: Any, p: Any) -> tuple[np.ndarray, np.ndarray]:
     return y, s
 
 
-def _bootstrap_indices(y: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """``n_boot`` resamples of patients with replacement, each redrawn until it holds both classes."""
-    n = y.size
-    idx = rng.integers(0, n, size=(n_boot, n))
-    for _ in range(1000):
-        n1 = y[idx].sum(axis=1)
-        bad = (n1 == 0) | (n1 == n)
-        if not bad.any():
-            return idx
-        idx[bad] = rng.integers(0, n, size=(int(bad.sum()), n))
-    msg = f"Could not draw bootstrap resamples with both classes from {n} patients ({int(y.sum())} positive)."
-    raise DataSchemaError(msg)
-
-
 def evaluate_predictions(
     y_true: Any,
     p: Any,
@@ -115,8 +96,9 @@ def evaluate_predictions(
 ) -> dict[str, float]:
     """Point estimates and percentile-bootstrap CIs of AUROC, AUPRC, balanced accuracy and Brier score.
 
-    The bootstrap resamples patients (the out-of-fold predictions are held fixed, so the CI reflects which
-    patients were sampled, not refitting variability); resamples are redrawn until both classes are present.
+    The bootstrap resamples patients within each class (:func:`biomarkers.stats.bootstrap_indices`: the
+    out-of-fold predictions are held fixed, so without ``p_repeats`` the CI reflects which patients were sampled,
+    not refitting variability).
 
     Parameters
     ----------
@@ -163,7 +145,7 @@ def evaluate_predictions(
         point = {name: float(np.mean([m[name] for m in per_rep])) for name in METRICS}
     boot: dict[str, np.ndarray] = {}
     if n_boot > 0:
-        idx = _bootstrap_indices(y, n_boot, rng)
+        idx = bootstrap_indices(y, n_boot, rng)
         yb = y[idx]
         sb = s[idx] if p_repeats is None else reps[rng.integers(0, reps.shape[0], size=n_boot)[:, None], idx]
         boot = {
@@ -215,3 +197,131 @@ def youden_threshold(y_true: Any, p: Any) -> float:
     j = tpr - fpr
     best = np.flatnonzero(np.isclose(j, j.max()))
     return float(cand[best[np.argmin(np.abs(cand[best] - 0.5))]])
+
+
+def threshold_rule(rule: Any) -> dict[str, Any]:
+    """Normalise ``evaluation.threshold``: ``"youden"`` or ``{"target_sensitivity": s}`` with ``0 < s < 1``.
+
+    Parameters
+    ----------
+    rule
+        The setting (a string, a mapping, or a pydantic model with ``model_dump``).
+
+    Returns
+    -------
+    ``{"rule": "youden"}`` or ``{"rule": "target_sensitivity", "target_sensitivity": s}``.
+    """
+    if hasattr(rule, "model_dump"):
+        rule = rule.model_dump()
+    if rule is None or rule == "youden" or rule == {"rule": "youden"}:
+        return {"rule": "youden"}
+    if isinstance(rule, Mapping) and set(rule) - {"rule"} == {"target_sensitivity"}:
+        s = float(rule["target_sensitivity"])
+        if 0 < s < 1:
+            return {"rule": "target_sensitivity", "target_sensitivity": s}
+    msg = f"evaluation.threshold must be 'youden' or {{target_sensitivity: s}} with 0 < s < 1 (got {rule!r})."
+    raise ConfigError(msg)
+
+
+def choose_threshold(y_true: Any, p: Any, rule: Any = "youden") -> float:
+    """Threshold chosen on (training-fold, out-of-fold) predictions by ``rule``; call non-responder when ``p >= t``.
+
+    ``youden``: maximise sensitivity + specificity - 1 (:func:`youden_threshold`). ``target_sensitivity: s``: the
+    largest threshold whose sensitivity on these predictions is at least ``s`` (the most specific such call).
+
+    Parameters
+    ----------
+    y_true
+        0/1 labels (1 = non-responder).
+    p
+        Out-of-fold probability of non-response.
+    rule
+        See :func:`threshold_rule`.
+
+    Returns
+    -------
+    The threshold (one of the observed values of ``p``).
+
+    Examples
+    --------
+    >>> from biomarkers.models._metrics import choose_threshold
+    >>> choose_threshold([0, 0, 1, 1, 1], [0.1, 0.5, 0.4, 0.6, 0.9], {"target_sensitivity": 0.9})
+    0.4
+    """
+    r = threshold_rule(rule)
+    if r["rule"] == "youden":
+        return youden_threshold(y_true, p)
+    y, s = _check(y_true, p)
+    cand = np.unique(s)
+    tpr = ((s[None, :] >= cand[:, None]) & (y == 1)).sum(axis=1) / y.sum()
+    ok = np.flatnonzero(tpr >= r["target_sensitivity"] - 1e-12)
+    return float(cand[ok.max()])
+
+
+def operating_point(y_true: Any, p: Any, threshold: float | Any) -> tuple[float, float]:
+    """Sensitivity and specificity of the calls ``p >= threshold`` (a threshold per patient is allowed).
+
+    Parameters
+    ----------
+    y_true
+        0/1 labels (1 = non-responder).
+    p
+        Predicted probabilities.
+    threshold
+        One threshold, or one per patient (e.g. each fold's own).
+
+    Returns
+    -------
+    ``(sensitivity, specificity)``.
+    """
+    y, s = _check(y_true, p)
+    call = s >= np.broadcast_to(np.asarray(threshold, dtype=float), s.shape)
+    return float(call[y == 1].mean()), float((~call[y == 0]).mean())
+
+
+def paired_delta_auroc(
+    y_true: Any, p_a: Any, p_b: Any, *, n_boot: int = 1000, seed: int | None = 0, ci: float = 0.95
+) -> dict[str, float]:
+    """AUROC(a) - AUROC(b) on the same patients, with a paired percentile-bootstrap CI.
+
+    Each replicate resamples patients within each class, and (given repeats x patients matrices) draws one CV
+    repeat, used for both a and b: the pairing removes the patient-sampling noise they share.
+
+    Parameters
+    ----------
+    y_true
+        0/1 labels, one per patient.
+    p_a, p_b
+        Out-of-fold probabilities, ``(n,)`` or repeats x patients ``(r, n)`` (same patient order; b may have the
+        same repeats as a or one row).
+    n_boot
+        Bootstrap replicates (0: no CI).
+    seed
+        Seed.
+    ci
+        Central coverage.
+
+    Returns
+    -------
+    ``{"delta", "ci_low", "ci_high"}``; the point estimate is the mean over repeats of the per-repeat difference.
+    """
+    y = np.asarray(y_true, dtype=int).ravel()
+    a = np.atleast_2d(np.asarray(p_a, dtype=float))
+    b = np.atleast_2d(np.asarray(p_b, dtype=float))
+    if b.shape[0] == 1 and a.shape[0] > 1:
+        b = np.repeat(b, a.shape[0], axis=0)
+    if a.shape != b.shape or a.shape[1] != y.size:
+        msg = f"paired_delta_auroc: predictions {a.shape} and {b.shape} do not match {y.size} patients."
+        raise DataSchemaError(msg)
+    _check(y, a[0])
+    delta = float(np.mean(_auroc(np.broadcast_to(y, a.shape), a) - _auroc(np.broadcast_to(y, b.shape), b)))
+    lo = hi = float("nan")
+    if n_boot > 0:
+        rng = np.random.default_rng(seed)
+        idx = bootstrap_indices(y, n_boot, rng)
+        rep = rng.integers(0, a.shape[0], size=n_boot)[:, None]
+        yb = y[idx]
+        d = _auroc(yb, a[rep, idx]) - _auroc(yb, b[rep, idx])
+        alpha = (1 - ci) / 2 * 100
+        lo, hi = (float(v) for v in np.percentile(d, [alpha, 100 - alpha]))
+    return {"delta": delta, "ci_low": lo, "ci_high": hi}

@@ -173,3 +173,26 @@ def umap_figure(xy: np.ndarray, obs: pd.DataFrame) -> Figure:
     ax2.set(title="AQP9+ macrophage program score (MNPs)", xticks=[], yticks=[])
     fig.tight_layout()
     return fig
+
+
+def decision_curve_figure(curve: pd.DataFrame) -> Figure:
+    """Decision curve: net benefit of acting on the model's calls, against treating everyone or no one.
+
+    Parameters
+    ----------
+    curve
+        ``threshold, net_benefit_model, net_benefit_treat_all, net_benefit_treat_none`` (see
+        :attr:`biomarkers.models.EvaluationResult.decision_curve`).
+    """
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    t = curve["threshold"].to_numpy()
+    ax.plot(t, curve["net_benefit_model"], color="#b2182b", label="selected procedure (nested CV)")
+    ax.plot(t, curve["net_benefit_treat_all"], color="grey", linestyle="--", label="treat all as non-responders")
+    ax.plot(t, curve["net_benefit_treat_none"], color="black", linewidth=0.8, label="treat none")
+    top = float(np.nanmax(curve[["net_benefit_model", "net_benefit_treat_all"]].to_numpy()))
+    ax.set_ylim(-0.05, max(0.05, top * 1.1))
+    ax.set(xlabel="Threshold probability of non-response", ylabel="Net benefit", title="Decision curve (out-of-fold)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -19,6 +19,11 @@ KIND_TAG = "kind"
 FEATURE_SCHEMA_TAG = "feature_schema"
 N_FEATURES_TAG = "n_candidate_features"
 FORMAT_TAG = "format_version"  # the BiomarkerModel format; versions before the tag existed are format 1
+# The AUROC versions compete on: the nested CV AUROC of the choose-then-fit procedure (honest), not the
+# selected candidate's own CV AUROC (optimistic by the choice). Versions registered before it have only cv_auroc.
+AUROC_TAG = "nested_cv_auroc"
+LEGACY_AUROC_TAG = "cv_auroc"
+NOT_CHAMPION_TAG = "not_champion"  # why a registered version may never hold the alias (majority / clinical-only)
 
 
 def _format(mv: Any) -> int:
@@ -74,7 +79,9 @@ def _incomparable(current: Any, new: Any) -> str | None:
     return None
 
 
-def promote_if_better(client: Any, name: str, *, alias: str, version: str, cv_auroc: float) -> Promotion:
+def promote_if_better(
+    client: Any, name: str, *, alias: str, version: str, cv_auroc: float, blocked: str | None = None
+) -> Promotion:
     """Point ``alias`` at ``version`` if its CV AUROC beats the current holder's, trained on the same inputs.
 
     Versions compete only when their model-version tags ``kind`` (single_cell, bulk) and ``feature_schema``
@@ -93,7 +100,10 @@ def promote_if_better(client: Any, name: str, *, alias: str, version: str, cv_au
     version
         The new version; its ``kind`` and ``feature_schema`` tags are read from the registry.
     cv_auroc
-        The new version's CV AUROC.
+        The new version's nested CV AUROC (the ``nested_cv_auroc`` tag).
+    blocked
+        Why the new version may never hold the alias (the majority baseline or the clinical-only model won); the
+        alias then stays where it is, with this reason.
 
     Returns
     -------
@@ -106,6 +116,12 @@ def promote_if_better(client: Any, name: str, *, alias: str, version: str, cv_au
     except MlflowException:
         current = None
     version = str(version)
+    if blocked is not None:
+        held_by = None if current is None else str(current.version)
+        where = f"{alias} stays at version {held_by}" if held_by else f"no {alias} is set"
+        reason = f"version {version} is registered but never promoted: {blocked}; {where}"
+        logger.warning("registry: %s", reason)
+        return Promotion(held_by, held_by or "none", moved=False, reason=reason)
     if current is None:
         client.set_registered_model_alias(name, alias, version)
         new = client.get_model_version(name, version)
@@ -129,24 +145,34 @@ def promote_if_better(client: Any, name: str, *, alias: str, version: str, cv_au
         reason = f"not compared: {why}; pick another registry.model_name"
         logger.warning("registry: %s@%s stays at version %s: %s", name, alias, held, reason)
         return Promotion(held, held, moved=False, reason=reason)
+    same = _inputs(new, same=True)
+    if AUROC_TAG not in current.tags:
+        # Its cv_auroc is the selected model's own CV AUROC, optimistic by the choice: comparing it with a nested
+        # estimate would favour the old version for how it was measured, not for how it predicts.
+        client.set_registered_model_alias(name, alias, version)
+        reason = (
+            f"version {version} becomes {alias}: version {held} has no nested CV AUROC (registered before selection "
+            f"was cross-validated; its cv_auroc is not comparable){same}"
+        )
+        logger.info("registry: %s@%s -> version %s (%s)", name, alias, version, reason)
+        return Promotion(held, version, moved=True, reason=reason, compared_with=held)
     try:
-        current_auroc = float(current.tags.get("cv_auroc", "nan"))
+        current_auroc = float(current.tags.get(AUROC_TAG, "nan"))
     except ValueError:
         current_auroc = float("nan")
-    same = _inputs(new, same=True)
     # The champion's AUROC is read back from its tag, written with 6 decimals: compare at that precision, or
     # an identical re-run (a tie) would take the alias from the champion.
     if current_auroc == current_auroc and not round(cv_auroc, 6) > current_auroc:
-        reason = f"{alias} stays at version {held}: CV AUROC {current_auroc:.3f} >= {cv_auroc:.3f}{same}"
+        reason = f"{alias} stays at version {held}: nested CV AUROC {current_auroc:.3f} >= {cv_auroc:.3f}{same}"
         logger.info("registry: %s@%s %s", name, alias, reason)
         return Promotion(held, held, moved=False, reason=reason, compared_with=held)
     client.set_registered_model_alias(name, alias, version)
     if current_auroc == current_auroc:
         reason = (
-            f"version {version} becomes {alias}: CV AUROC {cv_auroc:.3f} > {current_auroc:.3f} of version {held}{same}"
+            f"version {version} becomes {alias}: nested CV AUROC {cv_auroc:.3f} > {current_auroc:.3f} of version {held}{same}"
         )
     else:
-        reason = f"version {version} becomes {alias}: version {held} has no CV AUROC tag{same}"
+        reason = f"version {version} becomes {alias}: version {held} has no nested CV AUROC value{same}"
     logger.info("registry: %s@%s -> version %s (%s)", name, alias, version, reason)
     return Promotion(held, version, moved=True, reason=reason, compared_with=held)
 

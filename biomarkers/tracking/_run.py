@@ -166,6 +166,13 @@ def _baselines(cfg: ExperimentConfig, columns: pd.Index) -> list[str]:
     return out
 
 
+def _split_features(cfg: ExperimentConfig, cohort: Cohort) -> Any:
+    """Under leave-one-cohort-out, features rebuilt per split from the training cohorts only (``Cohort.split_features``)."""
+    if cfg.cv.strategy != "leave_one_cohort_out":
+        return None
+    return getattr(cohort, "split_features", None)
+
+
 def run_experiment(cfg: ExperimentConfig, *, adata: AnnData | None = None) -> RunResult:
     """Run an experiment end to end and record it in MLflow.
 
@@ -208,13 +215,14 @@ def run_experiment(cfg: ExperimentConfig, *, adata: AnnData | None = None) -> Ru
 def _evaluate_and_log(cfg: ExperimentConfig, cohort: Cohort, *, umap: Any, t0: float) -> RunResult:
     import mlflow
 
-    from biomarkers.models import align_groups, evaluate_models, feature_importance, fit_final, patient_folds
+    from biomarkers.models import check_cv, evaluate_models, feature_importance, fit_final
 
     X, y = cohort.features, cohort.labels
     t_feat = time.perf_counter()
     # Check the labels against cv.n_splits (both classes, enough patients per class) before the store is touched,
     # so a cohort too small for the CV creates no MLflow database or experiment either.
-    patient_folds(y, n_splits=cfg.cv.n_splits, n_repeats=1, seed=cfg.seed, groups=align_groups(cohort.groups, X.index))
+    # Nested CV: every outer training fold must also hold an inner CV.
+    check_cv(y, cfg.cv.model_dump(), seed=cfg.seed, groups=cohort.groups, cohorts=getattr(cohort, "cohorts", None), index=X.index)
     baselines = _baselines(cfg, X.columns)  # likewise: a misspelled baseline feature is refused before the store
     # A new SQLite store runs its schema migrations on first use (~8 s): overlap that with the CV.
     pool = ThreadPoolExecutor(max_workers=1)
@@ -231,11 +239,17 @@ def _evaluate_and_log(cfg: ExperimentConfig, cohort: Cohort, *, umap: Any, t0: f
         n_boot=cfg.evaluation.n_boot,
         ci=cfg.evaluation.ci,
         n_permutations=cfg.evaluation.n_permutations,
+        threshold_rule_=cfg.evaluation.threshold,
         n_workers=cfg.compute.n_workers,
+        cohorts=getattr(cohort, "cohorts", None),
+        split_features=_split_features(cfg, cohort),
     )
     t_cv = time.perf_counter()
-    model_names = [n for n in evaluation.metrics.index if evaluation.metrics.loc[n, "kind"] == "model"]
-    finals = {n: fit_final(evaluation.specs[n], X, y, seed=cfg.seed) for n in model_names}
+    # Every model gets its refit (and a child-run pyfunc); a selected baseline or clinical model gets one too.
+    fitted = [n for n in evaluation.metrics.index if evaluation.metrics.loc[n, "kind"] == "model"]
+    if evaluation.best_model not in fitted:
+        fitted.append(evaluation.best_model)
+    finals = {n: fit_final(evaluation.specs[n], X, y, seed=cfg.seed) for n in fitted}
     importances = {n: feature_importance(est, feature_names=list(X.columns)) for n, est in finals.items()}
     t_fit = time.perf_counter()
 
@@ -255,8 +269,9 @@ def _evaluate_and_log(cfg: ExperimentConfig, cohort: Cohort, *, umap: Any, t0: f
                 model_uris[name] = _log_child(cfg, cohort, evaluation, name, finals.get(name), importances.get(name))
         best = evaluation.best_model
         best_auroc = float(evaluation.metrics.loc[best, "auroc"])
+        honest = evaluation.nested_auroc if evaluation.nested is not None else best_auroc
         mlflow.log_metric("best_cv_auroc", best_auroc)
-        mlflow.set_tag("best_model", best)
+        mlflow.set_tags({"best_model": best, "selected_model": best, "selected_role": evaluation.role})
         model_uri = model_version = None
         if cfg.registry.enabled:
             from biomarkers.tracking import _registry
@@ -265,7 +280,10 @@ def _evaluate_and_log(cfg: ExperimentConfig, cohort: Cohort, *, umap: Any, t0: f
             name = cfg.registered_model_name
             # Candidate features before any in-fold selection: versions compete only on the same inputs.
             tags = {
-                "cv_auroc": f"{best_auroc:.6f}",
+                _registry.AUROC_TAG: f"{honest:.6f}",
+                "selected_cv_auroc": f"{best_auroc:.6f}",
+                "selected_model": best,
+                "role": evaluation.role,
                 "experiment": cfg.name,
                 "run_id": parent.info.run_id,
                 _registry.KIND_TAG: cohort.kind,
@@ -273,12 +291,17 @@ def _evaluate_and_log(cfg: ExperimentConfig, cohort: Cohort, *, umap: Any, t0: f
                 _registry.N_FEATURES_TAG: str(cohort.features.shape[1]),
                 _registry.FORMAT_TAG: str(FORMAT_VERSION),
             }
+            block = evaluation.champion_block
+            if block is not None:
+                tags[_registry.NOT_CHAMPION_TAG] = block
             with _store_lock():  # concurrent runs: each compares against the champion the other may just have set
                 mv = mlflow.register_model(model_uris[best], name, tags=tags)
                 created_version = str(mv.version)
                 model_version = created_version
                 model_uri = f"models:/{name}/{mv.version}"
-                promotion = promote_if_better(client, name, alias=cfg.registry.alias, version=mv.version, cv_auroc=best_auroc)
+                promotion = promote_if_better(
+                    client, name, alias=cfg.registry.alias, version=mv.version, cv_auroc=honest, blocked=block
+                )
             mlflow.set_tag("registered_model", model_uri)
             mlflow.set_tag("champion", f"models:/{name}@{cfg.registry.alias} -> version {promotion.current}")
             mlflow.set_tag("champion_decision", promotion.reason)
@@ -358,17 +381,12 @@ def _log_parent(cfg: ExperimentConfig, cohort: Cohort, evaluation: EvaluationRes
         }
     )
     table = cohort.features.copy()
-    table["label"] = cohort.labels
+    # Float, not int: MLflow's schema inference warns that an integer column cannot hold missing values.
+    table["label"] = cohort.labels.astype("float64")
     dataset = mlflow.data.from_pandas(table.reset_index(), source=cohort.source, name=f"{cfg.name}-features", targets="label", digest=cohort.digest[:36])
     mlflow.log_input(dataset, context="training")
     mlflow.log_metric("n_patients", len(cohort.features))
-    perm = evaluation.permutation
-    if perm is not None:
-        mlflow.log_metric("permutation_p_value", perm.p_value)
-        # The test is of the selected model; choosing it among n models is not in the null (Bonferroni bound).
-        n_models = int((evaluation.metrics["kind"] == "model").sum())
-        mlflow.log_metric("permutation_p_value_selection_bound", min(1.0, n_models * perm.p_value))
-        mlflow.log_metric("permutation_null_auroc_mean", float(perm.null.mean()))
+    mlflow.log_metrics(selection_metrics(evaluation))
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         (d / "config.resolved.yaml").write_text(dump_config(cfg))
@@ -379,16 +397,28 @@ def _log_parent(cfg: ExperimentConfig, cohort: Cohort, evaluation: EvaluationRes
         pd.concat(evaluation.oof, names=["model"]).to_csv(d / "cv_predictions_by_fold.csv")
         evaluation.metrics.to_csv(d / "metrics.csv")
         cohort.coverage.to_csv(d / "gene_set_coverage.csv", index=False)
+        if evaluation.nested is not None:
+            evaluation.nested.choices.to_csv(d / "nested_cv_choices.csv", index=False)
+            evaluation.nested.oof.to_csv(d / "nested_cv_predictions.csv", index=False)
+        if evaluation.decision_curve is not None:
+            evaluation.decision_curve.to_csv(d / "decision_curve.csv", index=False)
+        if evaluation.cohort_metrics is not None:
+            evaluation.cohort_metrics.to_csv(d / "cohort_metrics.csv", index=False)
         mlflow.log_artifacts(str(d))
         plots = d / "plots"
         plots.mkdir()
         oof = {n: evaluation.predictions[[n]].rename(columns={n: "p"}).assign(y_true=evaluation.predictions["y_true"]) for n in evaluation.metrics.index}
         baselines = {n for n in evaluation.metrics.index if evaluation.metrics.loc[n, "kind"] == "baseline"}
+        reliability = {n: oof[n] for n in oof if n not in baselines}
+        if evaluation.nested is not None:  # the procedure's own, honest probabilities first
+            reliability = {"nested (selected procedure)": evaluation.nested.patients[["y_true", "p"]], **reliability}
         figs = {
             "roc_pr.png": _plots.roc_pr_figure(oof, baselines=baselines),
-            "calibration.png": _plots.calibration_figure({n: oof[n] for n in oof if n not in baselines}),
+            "calibration.png": _plots.calibration_figure(reliability),
             "patient_signature_heatmap.png": _plots.heatmap_figure(cohort.features, cohort.labels),
         }
+        if evaluation.decision_curve is not None:
+            figs["decision_curve.png"] = _plots.decision_curve_figure(evaluation.decision_curve)
         if umap is not None:
             figs["umap_cell_type_aqp9.png"] = umap.figure()
         import matplotlib.pyplot as plt
@@ -497,13 +527,15 @@ def _log_child(
     mlflow.log_metrics(metrics)
     for rep in evaluation.per_repeat[evaluation.per_repeat["model"] == name].itertuples():
         mlflow.log_metric("cv_auroc_by_repeat", float(rep.auroc), step=int(rep.repeat))
+    if evaluation.cohort_metrics is not None:
+        mlflow.log_metrics(cohort_metrics_for(evaluation, name))
     if final is None:
         return None
     from mlflow.models import infer_signature
 
     from biomarkers.tracking._pyfunc import BiomarkerModel
 
-    threshold = evaluation.threshold if name == evaluation.best_model else 0.5
+    threshold = evaluation.threshold if name == evaluation.best_model else _own_threshold(evaluation, name)
     model = BiomarkerModel(
         final,
         features=list(cohort.features.columns),
@@ -527,3 +559,80 @@ def _log_child(
         plt.close(fig)
         mlflow.log_text(importance.to_csv(), "feature_importance.csv")
     return info.model_uri
+
+
+def _own_threshold(evaluation: EvaluationResult, name: str) -> float:
+    """Return a non-selected model's threshold: the same rule on its own out-of-fold predictions."""
+    from biomarkers.models._metrics import choose_threshold
+
+    p = evaluation.predictions
+    return choose_threshold(p["y_true"], p[name], evaluation.threshold_rule)
+
+
+def sanitize(name: str) -> str:
+    """Return a cohort name as an MLflow metric-key segment: ``[A-Za-z0-9_.-]``, anything else as ``_``."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", str(name))
+
+
+def cohort_metrics_for(evaluation: EvaluationResult, name: str) -> dict[str, float]:
+    """``cohort_auroc__<cohort>`` (with ``_ci_low`` / ``_ci_high``) of one candidate, leave-one-cohort-out."""
+    table = evaluation.cohort_metrics
+    out: dict[str, float] = {}
+    if table is None:
+        return out
+    for row in table[table["model"] == name].itertuples():
+        key = f"cohort_auroc__{sanitize(row.cohort)}"
+        if row.auroc == row.auroc:  # a cohort with one class has no AUROC (logged as a warning)
+            out[key] = float(row.auroc)
+            out[f"{key}_ci_low"] = float(row.auroc_ci_low)
+            out[f"{key}_ci_high"] = float(row.auroc_ci_high)
+    return out
+
+
+def selection_metrics(evaluation: EvaluationResult) -> dict[str, float]:
+    """Return the parent run's metrics of the selected procedure (nested AUROC, selection p, deltas, threshold)."""
+    out: dict[str, float] = {}
+    nm = evaluation.nested_metrics
+    if nm:
+        out.update(
+            {
+                "nested_cv_auroc": nm["auroc"],
+                "nested_cv_auroc_ci_low": nm["auroc_ci_low"],
+                "nested_cv_auroc_ci_high": nm["auroc_ci_high"],
+                "nested_cv_brier": nm["brier"],
+            }
+        )
+    nest = evaluation.nested
+    if nest is not None:
+        out.update(
+            {
+                "calibration_slope": nest.calibration_slope,
+                "calibration_intercept": nest.calibration_intercept,
+                "oof_sensitivity": nest.sensitivity,
+                "oof_specificity": nest.specificity,
+            }
+        )
+    out["threshold"] = evaluation.threshold
+    for key in ("vs_best_baseline", "vs_clinical"):
+        if key in evaluation.deltas:
+            d = evaluation.deltas[key]
+            out[f"delta_auroc_{key}"] = d["delta"]
+            out[f"delta_auroc_{key}_ci_low"] = d["ci_low"]
+            out[f"delta_auroc_{key}_ci_high"] = d["ci_high"]
+    if "incremental" in evaluation.deltas:
+        d = evaluation.deltas["incremental"]
+        out.update(
+            {
+                "incremental_auroc_biomarkers_over_clinical": d["delta"],
+                "incremental_auroc_biomarkers_over_clinical_ci_low": d["ci_low"],
+                "incremental_auroc_biomarkers_over_clinical_ci_high": d["ci_high"],
+            }
+        )
+    perm = evaluation.permutation
+    if perm is not None:
+        out["selection_p_value"] = perm.p_value
+        out["selection_permutations"] = float(perm.n_permutations)
+        out["selection_null_auroc_mean"] = float(perm.null.mean())
+    return {k: float(v) for k, v in out.items() if v == v}
