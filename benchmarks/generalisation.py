@@ -30,7 +30,7 @@ CLI = str(Path(sys.executable).with_name("biomarkers"))
 
 def _run(cmd: list[str], *, cwd: Path, env: dict[str, str]) -> tuple[str, float]:
     t = time.perf_counter()
-    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)  # noqa: S603
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
     return out.stdout, time.perf_counter() - t
