@@ -383,7 +383,7 @@ def _log_parent(cfg: ExperimentConfig, cohort: Cohort, evaluation: EvaluationRes
     table = cohort.features.copy()
     # Float, not int: MLflow's schema inference warns that an integer column cannot hold missing values.
     table["label"] = cohort.labels.astype("float64")
-    dataset = mlflow.data.from_pandas(table.reset_index(), source=cohort.source, name=f"{cfg.name}-features", targets="label", digest=cohort.digest[:36])
+    dataset = mlflow.data.from_pandas(table.reset_index(), source=_dataset_source(cohort.source), name=f"{cfg.name}-features", targets="label", digest=cohort.digest[:36])
     mlflow.log_input(dataset, context="training")
     mlflow.log_metric("n_patients", len(cohort.features))
     mlflow.log_metrics(selection_metrics(evaluation))
@@ -427,6 +427,23 @@ def _log_parent(cfg: ExperimentConfig, cohort: Cohort, evaluation: EvaluationRes
             fig.savefig(plots / fname, dpi=110)
             plt.close(fig)
         mlflow.log_artifacts(str(plots), artifact_path="plots")
+
+
+def _dataset_source(source: str) -> Any:
+    """The MLflow dataset source of the training table, built explicitly.
+
+    Given a path string, MLflow resolves it against its registered sources, finds two local-file ones (for the
+    ``""`` and ``file`` schemes) and warns that the source "can be interpreted in multiple ways"; a simulated or
+    in-memory cohort is no file at all, so it is recorded as a code source with its description.
+    """
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.dataset_source_registry import _dataset_source_registry
+
+    path = Path(source)
+    if path.exists():
+        local = next(s for s in _dataset_source_registry.sources if s.__name__ == "LocalArtifactDatasetSource")
+        return local._resolve(str(path.resolve()))
+    return CodeDatasetSource({"description": source})
 
 
 # Declared dependencies that only some estimators use: a model lists one only when its pickle refers to it.
