@@ -712,7 +712,8 @@ def fit_final(spec: Mapping[str, Any], X: pd.DataFrame, y: Any, *, seed: int | N
     if len(np.unique(y_arr)) < 2:
         msg = f"fit_final needs both classes; all {len(y_arr)} labels are {int(y_arr[0])}. Check the labels."
         raise DataSchemaError(msg)
-    pipe = make_estimator(spec, seed=seed, n_features=Xf.shape[1])
+    # The same columns as in CV: a biomarker model's refit must not read the clinical covariates either.
+    pipe = make_estimator(spec, seed=seed, n_features=Xf.shape[1], columns=Xf.columns)
     with threadpool_limits(limits=1, user_api="blas"):  # tiny matrices: BLAS threads only add overhead
         pipe.fit(Xf, y_arr)
     logger.info("fit_final: %s fitted on %d patients x %d features", spec_name(spec), len(Xf), Xf.shape[1])

@@ -430,7 +430,7 @@ def _log_parent(cfg: ExperimentConfig, cohort: Cohort, evaluation: EvaluationRes
 
 
 def _dataset_source(source: str) -> Any:
-    """The MLflow dataset source of the training table, built explicitly.
+    """Return the MLflow dataset source of the training table, built explicitly.
 
     Given a path string, MLflow resolves it against its registered sources, finds two local-file ones (for the
     ``""`` and ``file`` schemes) and warns that the source "can be interpreted in multiple ways"; a simulated or
