@@ -10,6 +10,7 @@ from biomarkers import _celltypes as ct
 from biomarkers import _keys as k
 from biomarkers.datasets import _cohort as co
 from biomarkers.datasets import _genes as gn
+from biomarkers.stats import auroc
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -21,15 +22,6 @@ UP_IN_NR = "up_in_non_responder"
 DOWN_IN_NR = "down_in_non_responder"
 COMPOSITION_MIN_LOG2FC = 1.5  # inflammatory vs resident macrophage gap that makes an MNP pseudobulk gene move
 COMPOSITION_MIN_LEVEL = 5.0
-
-
-def auroc(score: np.ndarray, positive: np.ndarray) -> float:
-    """Return the AUROC of `score` for the boolean `positive` (Mann-Whitney U, ties counted half)."""
-    pos, neg = score[positive], score[~positive]
-    if pos.size == 0 or neg.size == 0:
-        return float("nan")
-    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    return float(greater / (pos.size * neg.size))
 
 
 def _compartment(state: str) -> str:
@@ -120,7 +112,7 @@ def build_truth(
         "effect_size": float(effect_size),
         "seed": params["seed"],
         "params": params,
-        "ideal_auroc": auroc(latent, nr),
+        "ideal_auroc": auroc(nr, latent),  # NaN if the cohort has one class
         "response_model": {
             "description": "non_responder = top share of latent_slope * latent_risk + logistic noise",
             "latent_slope": co.LATENT_SLOPE,
