@@ -341,7 +341,7 @@ def test_score_bulk_is_a_mean_of_within_cohort_z_scores() -> None:
     genes = ["IL1B", "OSM", "SEPP1", "ACTB"]
     sets = {"INFL": ["IL1B", "OSM", "NOPE"], "RES": ["SELENOP"], "NONE": ["NOPE"]}
     scores = score_bulk(df, gene_sets=sets, meta_cols=["sample_id", "patient_id", "response", "age"])
-    z = (df[genes] - df[genes].mean()) / df[genes].std()
+    z = (df[genes] - df[genes].mean()) / df[genes].std(ddof=0)  # the package's one ddof (biomarkers.stats.DDOF)
     np.testing.assert_allclose(scores["INFL"], z[["IL1B", "OSM"]].mean(axis=1))
     np.testing.assert_allclose(scores["RES"], z["SEPP1"])  # alias SELENOP -> SEPP1
     assert scores["NONE"].isna().all()

@@ -14,6 +14,7 @@ from biomarkers import _keys
 from biomarkers._errors import DataSchemaError
 from biomarkers.signatures._aliases import LIST_SEP, _Resolver
 from biomarkers.signatures._gene_sets import as_gene_sets
+from biomarkers.stats import zscore
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -73,12 +74,6 @@ def _bulk_tables(
     return expr, df[[c for c in df.columns if c in meta_set]]
 
 
-def _zscore(expr: pd.DataFrame) -> pd.DataFrame:
-    # Within the cohort (ddof=1); a gene constant across samples carries no information: NaN, then ignored.
-    std = expr.std(axis=0, ddof=1)
-    return (expr - expr.mean(axis=0)) / std.where(std > 0)
-
-
 def _set_scores(expr: pd.DataFrame, gene_sets: dict[str, object], *, method: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     resolver = _Resolver(expr.columns)
     resolved = {}
@@ -96,7 +91,8 @@ def _set_scores(expr: pd.DataFrame, gene_sets: dict[str, object], *, method: str
             }
         )
     needed = list(dict.fromkeys(v for cols in resolved.values() for v in cols))
-    values = _zscore(expr[needed]) if method == "zscore_mean" else expr[needed]
+    # Within the cohort, with the package's one ddof; a gene constant across samples is NaN, then skipped in the mean.
+    values = zscore(expr[needed]) if method == "zscore_mean" else expr[needed]
     scores = pd.DataFrame(
         {name: values[cols].mean(axis=1, skipna=True) if cols else np.nan for name, cols in resolved.items()},
         index=expr.index,
@@ -115,9 +111,9 @@ def score_bulk(
 ) -> pd.DataFrame:
     """Score gene sets in bulk samples: the mean of each set's genes after z-scoring every gene within the cohort.
 
-    Each gene is z-scored across the samples passed (mean 0, SD 1 with ``ddof=1``; genes constant in the cohort are
-    ignored), then a set's score is the mean over its genes found in the data (aliases resolved), as Martin et al.
-    2019 (Cell) scored the GIMATS module in bulk cohorts. The score is relative to the cohort: score training and new
+    Each gene is z-scored across the samples passed (:func:`biomarkers.stats.zscore`: mean 0, population SD 1, as
+    every z-score in the package; genes constant in the cohort are ignored), then a set's score is the mean over its
+    genes found in the data (aliases resolved), as Martin et al. 2019 (Cell) scored the GIMATS module in bulk cohorts. The score is relative to the cohort: score training and new
     cohorts separately, never after concatenating them.
 
     Parameters
@@ -145,7 +141,7 @@ def score_bulk(
     >>> from biomarkers.signatures import score_bulk
     >>> df = pd.DataFrame({"IL1B": [1.0, 2.0, 3.0], "IL6": [2.0, 2.0, 5.0]}, index=["s1", "s2", "s3"])
     >>> score_bulk(df, gene_sets={"INFL": ["IL1B", "IL6"]})["INFL"].round(3).tolist()
-    [-0.789, -0.289, 1.077]
+    [-0.966, -0.354, 1.319]
     """
     if method not in ("zscore_mean", "mean"):
         msg = f"method={method!r} is not available; use 'zscore_mean' or 'mean'."

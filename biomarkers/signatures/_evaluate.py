@@ -7,13 +7,14 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
-from scipy.stats import false_discovery_control, mannwhitneyu
+from scipy.stats import mannwhitneyu
 
 from biomarkers import _keys
 from biomarkers._errors import DataSchemaError
 from biomarkers.signatures._aliases import _Resolver
 from biomarkers.signatures._bulk import _bulk_tables, _set_scores
 from biomarkers.signatures._gene_sets import as_gene_sets, load_gene_sets
+from biomarkers.stats import auroc, bh_adjust, bootstrap_indices, weighted_auroc
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -68,12 +69,12 @@ def _boot_weights(
 ) -> NDArray[np.float64]:
     """Bootstrap replicates as sample weights (n_boot x n_samples): how often each sample is drawn.
 
-    Stratified by class: positives and negatives (or, with groups, positive and negative patients) are resampled
-    separately, so each replicate keeps the class sizes. A patient whose samples disagree in label makes
-    stratification impossible; patients are then resampled regardless of class.
+    The units drawn are samples or, with groups, patients (repeat biopsies of one patient travel together), by the
+    package's stratified bootstrap (:func:`biomarkers.stats.bootstrap_indices`), so each replicate keeps the class
+    sizes. A patient whose samples disagree in label counts as positive when stratifying.
     """
     if groups is None:
-        units, unit_of_sample = np.arange(len(y)), np.arange(len(y))
+        unit_of_sample = np.arange(len(y))
         unit_y = y
     else:
         units, unit_of_sample = np.unique(groups, return_inverse=True)
@@ -82,31 +83,33 @@ def _boot_weights(
         mixed = np.zeros(len(units), dtype=bool)
         np.logical_or.at(mixed, unit_of_sample, unit_y[unit_of_sample] != y)
         if mixed.any():
-            logger.warning("evaluate_signatures: %d group(s) have both labels; bootstrap not stratified", mixed.sum())
-            unit_y = np.zeros(len(units), dtype=bool)
-    counts = np.zeros((n_boot, len(units)))
-    for cls in np.unique(unit_y):
-        members = np.flatnonzero(unit_y == cls)
-        draws = rng.integers(0, len(members), size=(n_boot, len(members)))
-        flat = (np.arange(n_boot)[:, None] * len(members) + draws).ravel()
-        counts[:, members] = np.bincount(flat, minlength=n_boot * len(members)).reshape(n_boot, len(members))
+            logger.warning(
+                "evaluate_signatures: %d group(s) have both labels; the bootstrap counts them as positive", mixed.sum()
+            )
+        if unit_y.all():
+            msg = (
+                f"All {len(units)} groups have a positive sample, so no patient is negative and a bootstrap over "
+                "patients stratified by class is impossible. Check group_col: it should hold one id per patient."
+            )
+            raise DataSchemaError(msg)
+    n_units = len(unit_y)
+    idx = bootstrap_indices(unit_y, n_boot, rng)
+    # Draws -> how often each unit was drawn, one bincount over all replicates at once.
+    flat = (np.arange(n_boot)[:, None] * n_units + idx).ravel()
+    counts = np.bincount(flat, minlength=n_boot * n_units).reshape(n_boot, n_units).astype(float)
     return counts[:, unit_of_sample]
 
 
-def _auroc_with_ci(
+def _auroc_ci(
     score: NDArray[np.float64], y: NDArray[np.bool_], weights: NDArray[np.float64], *, ci: float
 ) -> tuple[float, float, float]:
-    """AUROC of ``score`` for ``y`` (ties count 1/2, as roc_auc_score) and its percentile bootstrap CI."""
-    pos, neg = score[y], score[~y]
-    pairs = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
-    auc = float(pairs.mean())
+    """AUROC of ``score`` for ``y`` and its percentile bootstrap CI over the replicates in ``weights``."""
+    auc = float(auroc(y, score))
     if weights.shape[0] == 0:
         return auc, np.nan, np.nan
-    wp, wn = weights[:, y], weights[:, ~y]
-    den = wp.sum(axis=1) * wn.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        boot = ((wp @ pairs) * wn).sum(axis=1) / den
-    boot = boot[den > 0]
+    boot = weighted_auroc(y, score, weights)
+    # Rows with NaN scores are dropped before this, so a replicate may lack a class here: it has no AUROC.
+    boot = boot[np.isfinite(boot)]
     alpha = (1.0 - ci) / 2.0
     low, high = np.quantile(boot, [alpha, 1.0 - alpha]) if boot.size else (np.nan, np.nan)
     return auc, float(low), float(high)
@@ -236,16 +239,13 @@ def evaluate_signatures(
         if row["n_pos"] == 0 or row["n_neg"] == 0:
             row.update(auroc=np.nan, auroc_ci_low=np.nan, auroc_ci_high=np.nan, p_value=np.nan, direction="")
             continue
-        auc, low, high = _auroc_with_ci(score.to_numpy()[valid], y[valid], weights[:, valid], ci=ci)
+        auc, low, high = _auroc_ci(score.to_numpy()[valid], y[valid], weights[:, valid], ci=ci)
         p = _p_value(score[valid], y_all[valid], None if groups is None else groups[valid])
         direction = "higher_in_positive" if auc > 0.5 else "lower_in_positive" if auc < 0.5 else "none"
         row.update(auroc=auc, auroc_ci_low=low, auroc_ci_high=high, p_value=p, direction=direction)
 
     table = pd.DataFrame(rows)
-    table["q_value"] = np.nan
-    finite = table["p_value"].notna()
-    if finite.any():
-        table.loc[finite, "q_value"] = false_discovery_control(table.loc[finite, "p_value"].to_numpy(), method="bh")
+    table["q_value"] = bh_adjust(table["p_value"].to_numpy(dtype=float))  # rows without a p-value stay NaN
     table = table[EVAL_COLUMNS]
     table.attrs["params"] = {
         "label_col": label_col,
