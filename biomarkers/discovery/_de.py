@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from biomarkers._errors import ConfigError, DataSchemaError
+from biomarkers.stats import bh_adjust, zscore  # bh_adjust stays importable from here and biomarkers.discovery
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -47,18 +48,6 @@ DESEQ2_METHODS: tuple[str, ...] = ("deseq2", "deseq2_fast")
 DEFAULT_COMPARTMENTS: tuple[str, ...] = ("MNP", "stroma", "epithelium", "lymphoid", "plasma", "granulocyte")
 RESULT_COLUMNS: tuple[str, ...] = ("gene", "log2FC", "lfcSE", "stat", "pvalue", "padj", "baseMean", "rank")
 _NR, _R = "NR", "R"  # condition levels handed to PyDESeq2 (plain names keep formulaic contrasts simple)
-
-
-def bh_adjust(pvalues: np.ndarray) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values (``scipy.stats.false_discovery_control``); NaN stays NaN, not a test."""
-    from scipy.stats import false_discovery_control
-
-    p = np.asarray(pvalues, dtype=float)
-    out = np.full(p.shape, np.nan)
-    ok = np.isfinite(p)
-    if ok.any():
-        out[ok] = false_discovery_control(p[ok], method="bh")
-    return out
 
 
 def filter_genes(counts: pd.DataFrame, *, min_counts: int = 10, min_expressed: int = 3) -> pd.DataFrame:
@@ -97,9 +86,9 @@ def _design(covariates: pd.DataFrame | None, y: np.ndarray) -> tuple[np.ndarray,
 
 def _covariate_block(values: pd.Series) -> np.ndarray:
     if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
-        v = values.to_numpy(dtype=float)
-        sd = np.nanstd(v)
-        return ((v - np.nanmean(v)) / sd)[:, None] if sd > 0 else np.zeros((v.size, 0))
+        z = zscore(values.to_numpy(dtype=float))
+        # A constant covariate z-scores to all-NaN: it carries no information, so it adds no column.
+        return z[:, None] if np.isfinite(z).any() else np.zeros((z.size, 0))
     levels = sorted(values.astype(str).unique())
     return (
         np.column_stack([(values.astype(str) == lv).to_numpy(float) for lv in levels[1:]])
@@ -169,7 +158,7 @@ def _deseq2(
         col = f"cov{i}"  # formula-safe names, whatever the obs column is called
         v = covariates[name]  # type: ignore[index]
         if pd.api.types.is_numeric_dtype(v) and not pd.api.types.is_bool_dtype(v):
-            meta[col] = (v.to_numpy(float) - v.mean()) / v.std(ddof=0)
+            meta[col] = zscore(v.to_numpy(float))
         else:
             meta[col] = v.astype(str).to_numpy()
         terms.append(col)

@@ -25,6 +25,7 @@ from biomarkers._errors import DataSchemaError
 from biomarkers.discovery._compartments import patient_labels
 from biomarkers.discovery._de import Method, rank_genes
 from biomarkers.discovery._pseudobulk import FAMILY_PBCOUNT, pseudobulk_table
+from biomarkers.stats import DDOF
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -138,7 +139,8 @@ class NestedDiscoveryFeature(TransformerMixin, BaseEstimator):
             genes = pick["gene"].head(self.top_n).tolist()
             pos = [counts.columns.get_loc(g) for g in genes]
             lc = _log_cpm(counts.to_numpy(dtype=float))[:, pos]
-            sd = lc.std(axis=0, ddof=1) if lc.shape[0] > 1 else np.ones(len(pos))
+            # Fitted on the training patients and stored, so transform applies the same centre and scale.
+            sd = lc.std(axis=0, ddof=DDOF)  # the package's one ddof (one patient: SD 0, scale 1)
             self.genes_[comp] = genes
             self.center_[comp] = lc.mean(axis=0)
             self.scale_[comp] = np.where(sd > 0, sd, 1.0)
