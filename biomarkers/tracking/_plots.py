@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from biomarkers import _keys as K
+from biomarkers.stats import zscore
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -87,7 +88,9 @@ def heatmap_figure(features: pd.DataFrame, labels: pd.Series) -> Figure:
     cols = [c for c in features.columns if c.startswith(K.FAMILY_SIG + K.FEATURE_SEP) or c == K.AQP9_FRACTION]
     order = labels.sort_values().index
     z = features.loc[order, cols]
-    z = (z - z.mean()) / z.std(ddof=0).replace(0, 1)
+    zs = zscore(z.astype(float))
+    # A feature constant across patients is drawn at 0 (neutral colour); only missing values stay blank.
+    z = zs.mask(zs.isna() & z.notna(), 0.0)
     fig, ax = plt.subplots(figsize=(0.5 * len(cols) + 3, 0.12 * len(order) + 2))
     im = ax.imshow(z.T.to_numpy(dtype=float), aspect="auto", cmap="RdBu_r", vmin=-2.5, vmax=2.5)
     ax.set_yticks(range(len(cols)), cols, fontsize=7)
