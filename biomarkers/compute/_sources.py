@@ -299,3 +299,25 @@ def path_refs(path: Path, read_kwargs: Mapping[str, Any]) -> tuple[list[Any], pd
         return [WholeFile(str(path), dict(read_kwargs))], None
     msg = f"{path.name} is {kind}, not single-cell; sample streaming needs cells. Use read_cohort for bulk data."
     raise ConfigError(msg)
+
+
+def metadata_table(path: Path, read_kwargs: Mapping[str, Any]) -> pd.DataFrame | None:
+    """Canonical metadata of a streamed input without its counts: one row per cell (h5ad) or sample (10x series).
+
+    The rows are those a stream reads (after ``data.query``), with the columns after ``obs_map`` and the clinical
+    join, so per-patient covariates and cohorts can be read without a second pass over the counts. None for a
+    single 10x library, whose only metadata is what the clinical table adds (join it to the sample table instead).
+    """
+    kwargs = check_read_kwargs(read_kwargs)
+    refs, _ = path_refs(path, kwargs)
+    frames = []
+    for ref in refs:
+        if isinstance(ref, H5adSample):
+            frames.append(ref.obs)
+        elif isinstance(ref, TenxLibrary):
+            frames.append(ref.meta.loc[[ref.library.sample_id]])
+        elif isinstance(ref, WholeFile) and ref.path.endswith(".h5ad"):
+            frames.extend(r.obs for r in h5ad_refs(Path(ref.path), kwargs)[0])
+        else:
+            return None
+    return pd.concat(frames) if frames else None

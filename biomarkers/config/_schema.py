@@ -25,7 +25,7 @@ class SimulateSpec(_Strict):
 class DataSpec(_Strict):
     """Where the cohort comes from and which columns mean what."""
 
-    kind: Literal["single_cell", "bulk"] = "single_cell"
+    kind: Literal["single_cell", "bulk", "features"] = "single_cell"
     path: Path | None = None
     format: Literal["h5ad", "10x_h5", "10x_mtx", "geo_10x_series", "bulk_table", "geo_series_matrix"] | None = None
     simulate: SimulateSpec = Field(default_factory=SimulateSpec)
@@ -39,6 +39,16 @@ class DataSpec(_Strict):
     query: str | None = None
     labels: Path | None = None
     allow_mixed_samples: bool = False
+    # The cohort (study, site) of each patient: a column of the cells' obs (after obs_map), of the bulk table, or of
+    # the feature table. Used by features.standardize: per_cohort and cv.strategy: leave_one_cohort_out.
+    cohort_col: str | None = None
+
+    @model_validator(mode="after")
+    def _features_need_path(self) -> DataSpec:
+        if self.kind == "features" and self.path is None:
+            msg = "data.kind: features needs data.path (a CSV/TSV of patients x features); the simulator makes cells."
+            raise ValueError(msg)
+        return self
 
 
 class PreprocessSpec(_Strict):
@@ -74,6 +84,11 @@ class FeatureSpec(_Strict):
     pb_compartments: list[Literal["MNP", "granulocyte", "lymphoid", "plasma", "stroma", "epithelium", "all"]] = Field(
         default_factory=lambda: ["MNP", "stroma", "epithelium", "all"]
     )
+    # Clinical covariates as features clin__<col> (categorical: one-hot clin__<col>__<level>); column names after
+    # data.obs_map (e.g. severity), from the cells' obs, the data.labels table or the feature table.
+    clinical: list[str] = Field(default_factory=list)
+    # per_cohort: z-score every non-clinical feature within each cohort (data.cohort_col; unset: the whole input).
+    standardize: Literal["none", "per_cohort"] = "none"
 
 
 class _ModelBase(_Strict):

@@ -20,6 +20,7 @@ from biomarkers import _keys as K
 from biomarkers._errors import DataSchemaError
 from biomarkers._gene_names import renamed, resolve_genes
 from biomarkers.features._names import feature_name
+from biomarkers.features._standardize import MIN_COHORT_Z, standardize_per_cohort
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("biomarkers")
 
 FAMILY_GENE_Z = "gz"
-MIN_COHORT = 3  # z-scores need a cohort: with fewer samples the standard deviation is meaningless
+MIN_COHORT = MIN_COHORT_Z  # z-scores need a cohort: with fewer samples the standard deviation is meaningless
 
 
 def bulk_settings(
@@ -75,20 +76,22 @@ def bulk_settings(
     return {"gene_sets": sets, "genes": single}
 
 
-def zscore_within(table: pd.DataFrame) -> pd.DataFrame:
-    """Z-score each column across rows (samples) of one cohort."""
-    if len(table) < MIN_COHORT:
-        msg = (
-            f"Cohort z-scores need at least {MIN_COHORT} samples scored together; got {len(table)}. "
-            "Predict on the whole new cohort at once, not sample by sample."
-        )
-        raise DataSchemaError(msg)
-    sd = table.std(ddof=0)
-    return (table - table.mean()) / sd.where(sd > 0)
+def zscore_within(table: pd.DataFrame, *, cohorts: pd.Series | None = None) -> pd.DataFrame:
+    """Z-score each column across rows (samples) of one cohort, or within each of ``cohorts`` (one label per row)."""
+    return standardize_per_cohort(table, cohorts=cohorts, where="the bulk table")
 
 
-def bulk_features(table: pd.DataFrame, *, gene_sets: Mapping[str, Sequence[str]], genes: Sequence[str]) -> pd.DataFrame:
+def bulk_features(
+    table: pd.DataFrame,
+    *,
+    gene_sets: Mapping[str, Sequence[str]],
+    genes: Sequence[str],
+    cohorts: pd.Series | None = None,
+    **_: Any,
+) -> pd.DataFrame:
     """Turn samples x genes (log scale) into ``pbz__<set>`` and ``gz__<gene>`` features, standardised within the table.
+
+    With ``cohorts`` (``data.cohort_col``), genes are z-scored within each cohort instead of across the table.
 
     Parameters
     ----------
@@ -98,6 +101,8 @@ def bulk_features(table: pd.DataFrame, *, gene_sets: Mapping[str, Sequence[str]]
         Set name -> genes (from :func:`bulk_settings`).
     genes
         Single genes (from :func:`bulk_settings`).
+    cohorts
+        Cohort per row of ``table`` (aligned on the index); None: the table is one cohort.
 
     Returns
     -------
@@ -110,7 +115,7 @@ def bulk_features(table: pd.DataFrame, *, gene_sets: Mapping[str, Sequence[str]]
     where, _ = resolve_genes(needed, list(columns))
     if renamed(where):
         logger.info("bulk_features: genes matched by case or alias: %s", ", ".join(f"{g}->{v}" for g, v in renamed(where).items()))
-    z = zscore_within(table[[columns[c] for c in dict.fromkeys(where.values())]].astype(float))
+    z = zscore_within(table[[columns[c] for c in dict.fromkeys(where.values())]].astype(float), cohorts=cohorts)
     z.columns = [str(c) for c in z.columns]
     out: dict[str, pd.Series] = {}
     for name, gs in gene_sets.items():
