@@ -15,7 +15,7 @@ from biomarkers import _keys as K
 from biomarkers._errors import DataSchemaError
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
     import pandas as pd
     from anndata import AnnData
@@ -40,7 +40,7 @@ class Cohort:
     groups
         Patient per row when rows are samples (bulk), else None.
     kind
-        ``'single_cell'`` or ``'bulk'``.
+        ``'single_cell'``, ``'bulk'`` or ``'features'`` (a patient x feature table).
     pipeline
         The frozen single-cell feature pipeline (None for bulk).
     bulk
@@ -60,6 +60,11 @@ class Cohort:
     model_kwargs
         Extra keyword arguments for :class:`biomarkers.tracking.BiomarkerModel` (e.g. clinical covariates and
         per-cohort standardisation settings), so the registered model re-applies them at predict time.
+    cohorts
+        Cohort name (text) per row of ``features`` (``data.cohort_col``); None when it is unset.
+    split_features
+        Under ``cv.strategy: leave_one_cohort_out`` with cells: ``f(train_positions) -> features`` rebuilt with the
+        scoring reference fitted on the split's training patients only (None otherwise).
     """
 
     features: pd.DataFrame
@@ -76,6 +81,8 @@ class Cohort:
     read_spec: ReadSpec | None = None
     samples: pd.DataFrame | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    cohorts: pd.Series | None = None
+    split_features: Callable[[np.ndarray], pd.DataFrame] | None = None
 
 
 def file_digest(path: Path, *, chunk: int = 1 << 20) -> str:
@@ -153,7 +160,7 @@ def load_cohort(cfg: ExperimentConfig) -> tuple[AnnData, str, str]:
     from biomarkers.io import read_cohort
 
     # read_cohort maps the user's columns and label values to the canonical ones (responder / non_responder).
-    adata = read_cohort(d.path, **_read_kwargs(cfg))
+    adata = read_cohort(d.path, **_read_kwargs(cfg), **_bulk_metadata(cfg))
     return adata, file_digest(Path(d.path)), str(d.path)
 
 
@@ -166,6 +173,78 @@ def read_spec(cfg: ExperimentConfig) -> ReadSpec:
 
 def _read_kwargs(cfg: ExperimentConfig) -> dict[str, Any]:
     return read_spec(cfg).read_kwargs()
+
+
+def _bulk_metadata(cfg: ExperimentConfig) -> dict[str, Any]:
+    """``metadata_cols`` for a bulk table: numeric covariate / cohort columns are metadata, not genes."""
+    from biomarkers.features._covariates import covariate_columns
+
+    cols = covariate_columns(cfg)
+    if cfg.data.kind != "bulk" or not cols or cfg.data.path is None:
+        return {}
+    from biomarkers.io import detect_kind
+    from biomarkers.io._common import read_delimited
+    from biomarkers.io._obs import resolve_obs_map
+
+    path = Path(cfg.data.path)
+    if (cfg.data.format or detect_kind(path)) != "bulk_table":
+        return {}
+    d = cfg.data
+    mapping = resolve_obs_map(d.obs_map, patient_col=d.patient_col, sample_col=d.sample_col, label_col=d.label_col)
+    header = set(map(str, read_delimited(path, nrows=0).columns))
+    present = [mapping.get(c, c) for c in cols if mapping.get(c, c) in header]
+    return {"metadata_cols": present} if present else {}
+
+
+def _streamed_meta(cfg: ExperimentConfig, samples: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """Per-patient covariates (``features.clinical``, ``data.cohort_col``) of a streamed input.
+
+    The streamed sample table carries only labels and biopsy attributes, so the covariates are read from the
+    file's metadata (obs only, no counts), or, for a single 10x library, from the clinical table joined to it.
+    """
+    import pandas as pd
+
+    from biomarkers.features._clinical import patient_values
+    from biomarkers.features._covariates import check_covariate_columns, covariate_columns
+
+    cols = covariate_columns(cfg)
+    if not cols:
+        return pd.DataFrame(index=pd.Index(samples[K.PATIENT].astype(str).unique(), name=K.PATIENT))
+    table = samples
+    if any(c not in samples.columns for c in cols):
+        from biomarkers.compute._sources import metadata_table
+
+        meta = metadata_table(path, _read_kwargs(cfg))
+        table = meta if meta is not None else _join_clinical(cfg, samples)
+    check_covariate_columns(cfg, table.columns, where=path.name)
+    return patient_values(table, cols, where=path.name)
+
+
+def _join_clinical(cfg: ExperimentConfig, samples: pd.DataFrame) -> pd.DataFrame:
+    """Return the streamed sample table with the clinical table (``data.labels``) joined, when there is one."""
+    if cfg.data.labels is None:
+        return samples
+    from biomarkers.io._obs import LabelSpec, resolve_obs_map
+    from biomarkers.io._read import obs_rules
+
+    d = cfg.data
+    mapping = resolve_obs_map(d.obs_map, patient_col=d.patient_col, sample_col=d.sample_col, label_col=d.label_col)
+    labels = LabelSpec(label_map=dict(d.label_map), positive=d.positive_label, negative=d.negative_label)
+    return obs_rules(None, d.labels).join(samples, mapping, labels=labels, source=Path(str(d.path)).name)
+
+
+def _cell_meta(cfg: ExperimentConfig, obs: pd.DataFrame, *, where: str) -> pd.DataFrame:
+    """Per-patient covariates from the cells' obs (after obs_map and the clinical-table join)."""
+    import pandas as pd
+
+    from biomarkers.features._clinical import patient_values
+    from biomarkers.features._covariates import check_covariate_columns, covariate_columns
+
+    cols = covariate_columns(cfg)
+    if not cols:
+        return pd.DataFrame(index=pd.Index(obs[K.PATIENT].astype(str).unique(), name=K.PATIENT))
+    check_covariate_columns(cfg, obs.columns, where=where)
+    return patient_values(obs, cols, where=where)
 
 
 def _check_samples(samples: pd.DataFrame, cfg: ExperimentConfig, *, source: str) -> None:
@@ -248,6 +327,7 @@ def _prepare_streaming(cfg: ExperimentConfig, *, t0: float) -> Cohort:
         digest=digest, source=str(path),
         coverage=res.coverage, timings={"load_s": t_load, "features_s": time.perf_counter() - t1},
         read_spec=read_spec(cfg), samples=res.labels,
+        cfg=cfg, meta=_streamed_meta(cfg, res.labels, path), stats=res.stats,
     )  # fmt: skip
 
 
@@ -264,12 +344,19 @@ def _single_cell_cohort(
     timings: dict[str, float],
     read_spec: ReadSpec | None = None,
     samples: pd.DataFrame | None = None,
+    cfg: ExperimentConfig,
+    meta: pd.DataFrame,
+    stats: pd.DataFrame,
 ) -> Cohort:
-    """Keep the labelled patients that have features, and package them as a single-cell :class:`Cohort`."""
+    """Keep the labelled patients that have features, add the covariates, and package a single-cell :class:`Cohort`."""
+    from biomarkers.features._covariates import add_covariates
+
     features = features.loc[labels.index.intersection(features.index)]
+    labels = labels.loc[features.index]
+    features, cohorts, kwargs = add_covariates(cfg, features, meta, where=Path(source).name)
     return Cohort(
         features=features,
-        labels=labels.loc[features.index],
+        labels=labels,
         groups=None,
         kind="single_cell",
         pipeline=pipe,
@@ -281,7 +368,30 @@ def _single_cell_cohort(
         timings=timings,
         read_spec=read_spec,
         samples=samples,
+        model_kwargs=kwargs,
+        cohorts=cohorts,
+        split_features=_loco_split_features(cfg, pipe, stats, features, cohorts),
     )
+
+
+def _loco_split_features(
+    cfg: ExperimentConfig, pipe: FeaturePipeline, stats: pd.DataFrame, features: pd.DataFrame, cohorts: pd.Series | None
+) -> Callable[[np.ndarray], pd.DataFrame] | None:
+    """Under leave-one-cohort-out, the scoring reference is refitted on each split's training cohorts."""
+    if cfg.cv.strategy != "leave_one_cohort_out":
+        return None
+    from biomarkers.features._covariates import CLIN_PREFIX
+    from biomarkers.features._splits import reference_split_features
+    from biomarkers.features._standardize import standardize_per_cohort
+
+    transform = None
+    if cfg.features.standardize == "per_cohort":
+        # Each cohort is standardised on its own rows: the held-out cohort sees nothing of the training ones.
+        def transform(t: pd.DataFrame) -> pd.DataFrame:
+            cols = [c for c in t.columns if not str(c).startswith(CLIN_PREFIX)]
+            return standardize_per_cohort(t, cohorts=cohorts, columns=cols, where="a CV split")
+
+    return reference_split_features(pipe, stats, features, transform=transform)
 
 
 def prepare_cohort(cfg: ExperimentConfig, *, adata: AnnData | None = None) -> Cohort:
@@ -299,6 +409,8 @@ def prepare_cohort(cfg: ExperimentConfig, *, adata: AnnData | None = None) -> Co
     A :class:`Cohort`.
     """
     t0 = time.perf_counter()
+    if cfg.data.kind == "features":
+        return _prepare_features(cfg, t_load=0.0)
     if adata is None and cfg.data.path is not None and _streams(cfg) and _streamable(cfg):
         return _prepare_streaming(cfg, t0=t0)
     if adata is None:
@@ -320,6 +432,7 @@ def prepare_cohort(cfg: ExperimentConfig, *, adata: AnnData | None = None) -> Co
     samples = sample_table(adata.obs)
     _check_samples(samples, cfg, source=Path(source).name)
     labels = _patient_labels(adata.obs, cfg)
+    meta = _cell_meta(cfg, adata.obs, where=Path(source).name)
     pipe = _pipeline(cfg)
     coverage = pipe.check_genes(adata.var_names)
     t1 = time.perf_counter()
@@ -342,7 +455,7 @@ def prepare_cohort(cfg: ExperimentConfig, *, adata: AnnData | None = None) -> Co
     return _single_cell_cohort(
         features, labels, pipe, var_names=adata.var_names, cells=cells, digest=digest, source=source,
         coverage=coverage, timings={"load_s": t_load, "features_s": time.perf_counter() - t1},
-        read_spec=read_spec(cfg), samples=samples,
+        read_spec=read_spec(cfg), samples=samples, cfg=cfg, meta=meta, stats=stats,
     )  # fmt: skip
 
 
@@ -357,11 +470,25 @@ def _prepare_bulk(cfg: ExperimentConfig, adata: AnnData, *, digest: str, source:
             "Set data.label_col in the experiment config."
         )
         raise DataSchemaError(msg)
+    from biomarkers.features._covariates import (
+        add_covariates,
+        check_covariate_columns,
+        cohort_series,
+        covariate_columns,
+    )
+
     labels = binary_labels(adata.obs[K.RESPONSE], where=f"column '{d.label_col}'")
+    where = Path(source).name
+    check_covariate_columns(cfg, adata.obs.columns, where=where)
+    meta = adata.obs.loc[labels.index, covariate_columns(cfg)]
     gene_sets = load_gene_sets(list(cfg.signatures), path=[str(p) for p in cfg.signature_files] or None)
     settings = bulk_settings(gene_sets=gene_sets, var_names=adata.var_names, families=cfg.features.families, genes=cfg.features.pb_genes)
     table = adata.to_df().loc[labels.index]
-    features = bulk_features(table, **settings)
+    # With several cohorts, genes are z-scored within each (the model stores the column to do the same at predict).
+    cohorts = cohort_series(meta, d.cohort_col, where=where) if d.cohort_col is not None else None
+    settings["cohort_col"] = d.cohort_col
+    features = bulk_features(table, **settings, cohorts=cohorts)
+    features, cohorts, kwargs = add_covariates(cfg, features, meta, where=where)
     groups = None
     if K.PATIENT in adata.obs:
         pid = adata.obs.loc[labels.index, K.PATIENT]
@@ -385,6 +512,52 @@ def _prepare_bulk(cfg: ExperimentConfig, adata: AnnData, *, digest: str, source:
         coverage=coverage_report(gene_sets, list(adata.var_names)),
         timings={"load_s": t_load},
         read_spec=read_spec(cfg),
+        model_kwargs=kwargs,
+        cohorts=cohorts,
+    )
+
+
+def _read_features_table(cfg: ExperimentConfig) -> Any:
+    """Read ``data.kind: features`` (:func:`biomarkers.io.read_feature_table`) with the config's columns."""
+    from biomarkers.io import read_feature_table
+
+    d = cfg.data
+    return read_feature_table(
+        d.path,  # type: ignore[arg-type]
+        patient_col=d.patient_col, label_col=d.label_col, positive_label=d.positive_label,
+        negative_label=d.negative_label, label_map=d.label_map, obs_map=d.obs_map, cohort_col=d.cohort_col,
+        clinical=cfg.features.clinical, labels_table=d.labels,
+    )  # fmt: skip
+
+
+def _prepare_features(cfg: ExperimentConfig, *, t_load: float) -> Cohort:
+    """``data.kind: features``: the table's numeric columns are the features, one row per patient."""
+    import pandas as pd
+
+    from biomarkers.features._covariates import add_covariates
+
+    t0 = time.perf_counter()
+    path = Path(cfg.data.path)  # type: ignore[arg-type]
+    table = _read_features_table(cfg)
+    labels = binary_labels(table.meta[K.RESPONSE], where=f"column '{cfg.data.label_col}' of {path.name}")
+    features, cohorts, kwargs = add_covariates(cfg, table.features.loc[labels.index], table.meta, where=path.name)
+    from biomarkers.signatures import coverage_report
+
+    return Cohort(
+        features=features,
+        labels=labels.loc[features.index],
+        groups=None,
+        kind="features",
+        pipeline=None,
+        bulk=None,
+        cells=None,
+        digest=file_digest(path),
+        source=str(path),
+        coverage=pd.DataFrame(columns=coverage_report({}, []).columns),  # no gene sets: features are given
+        timings={"load_s": t_load + time.perf_counter() - t0},
+        read_spec=read_spec(cfg),
+        model_kwargs=kwargs,
+        cohorts=cohorts,
     )
 
 
@@ -416,10 +589,16 @@ def check_experiment(cfg: ExperimentConfig) -> None:
     from biomarkers.models import patient_folds
     from biomarkers.signatures import coverage_report, load_gene_sets
 
+    if cfg.data.kind == "features":
+        _check_features_table(cfg)
+        return
     adata = _metadata_only(cfg)
     if adata is None:
         adata, _, _ = load_cohort(cfg)
     if cfg.data.kind == "bulk":
+        from biomarkers.features._covariates import check_covariate_columns
+
+        check_covariate_columns(cfg, adata.obs.columns, where=Path(str(cfg.data.path)).name)
         y = binary_labels(adata.obs[K.RESPONSE], where=f"column '{cfg.data.label_col}'")
         if K.PATIENT in adata.obs:
             # Bulk CV is grouped by patient: check the class counts in patients, as the real run will.
@@ -433,6 +612,17 @@ def check_experiment(cfg: ExperimentConfig) -> None:
 
         _check_samples(sample_table(adata.obs), cfg, source=Path(str(cfg.data.path or "simulated")).name)
         y = _patient_labels(adata.obs, cfg)
+        _cell_meta(cfg, adata.obs, where=Path(str(cfg.data.path or "simulated")).name)
+    _check_class_counts(cfg, y)
+    gene_sets = load_gene_sets(list(cfg.signatures), path=[str(p) for p in cfg.signature_files] or None)
+    report = coverage_report(gene_sets, list(adata.var_names))
+    empty = report.loc[report["n_found"] == 0, "set"].tolist()
+    if empty and cfg.data.kind != "bulk":
+        msg = f"Gene set(s) {', '.join(empty)} have no gene in the data. Check gene symbols, or drop them from `signatures`."
+        raise DataSchemaError(msg)
+
+
+def _check_class_counts(cfg: ExperimentConfig, y: pd.Series) -> None:
     counts = y.value_counts()
     if counts.min() < cfg.cv.n_splits:
         msg = (
@@ -440,12 +630,12 @@ def check_experiment(cfg: ExperimentConfig) -> None:
             f"{int(counts.get(1, 0))} positive. Lower cv.n_splits (e.g. --set cv.n_splits={max(2, int(counts.min()))})."
         )
         raise DataSchemaError(msg)
-    gene_sets = load_gene_sets(list(cfg.signatures), path=[str(p) for p in cfg.signature_files] or None)
-    report = coverage_report(gene_sets, list(adata.var_names))
-    empty = report.loc[report["n_found"] == 0, "set"].tolist()
-    if empty and cfg.data.kind != "bulk":
-        msg = f"Gene set(s) {', '.join(empty)} have no gene in the data. Check gene symbols, or drop them from `signatures`."
-        raise DataSchemaError(msg)
+
+
+def _check_features_table(cfg: ExperimentConfig) -> None:
+    """Dry run of ``data.kind: features``: the table, labels, covariates and per-cohort sizes (the table is small)."""
+    cohort = _prepare_features(cfg, t_load=0.0)
+    _check_class_counts(cfg, cohort.labels)
 
 
 def features_from_file(

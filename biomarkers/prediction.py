@@ -49,20 +49,111 @@ def _has_features(path: Path, features: list[str]) -> bool:
     return len(set(features) & set(header)) > 0
 
 
-def _read_feature_table(path: Path, *, id_col: str) -> pd.DataFrame:
+def _read_feature_table(path: Path, *, id_col: str | list[str]) -> pd.DataFrame:
+    """Read a patient (or sample) x feature table indexed by its id column: the first of ``id_col`` it has."""
     sep = "\t" if ".tsv" in path.name.lower() else ","
     try:
         df = pd.read_csv(path, sep=sep)
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
         msg = f"Cannot read {path} as a CSV/TSV table ({type(e).__name__}). Pass a patient x feature CSV or an h5ad of cells."
         raise DataSchemaError(msg) from None
-    if id_col not in df.columns:
+    return _index_by_id(df, id_col=id_col, source=path.name)
+
+
+def _index_by_id(df: pd.DataFrame, *, id_col: str | list[str], source: str) -> pd.DataFrame:
+    candidates = list(dict.fromkeys([id_col] if isinstance(id_col, str) else id_col))
+    col = next((c for c in candidates if c in df.columns), None)
+    if col is None:
         msg = (
-            f"Column '{id_col}' not in {path.name} (have: {', '.join(map(str, df.columns[:8]))}). "
-            f"Rename the id column of the table to '{id_col}'."
+            f"Column '{candidates[0]}' not in {source} (have: {', '.join(map(str, df.columns[:8]))}). "
+            f"Rename the id column of the table to '{candidates[0]}'."
         )
         raise DataSchemaError(msg)
-    return df.set_index(df[id_col].astype(str)).drop(columns=[id_col])
+    ids = df[col].astype(str).str.strip()
+    if ids.duplicated().any():
+        dupes = ids[ids.duplicated()].unique()
+        msg = f"Ids {', '.join(dupes[:4])} appear more than once in column '{col}' of {source}. Keep one row per patient."
+        raise DataSchemaError(msg)
+    out = df.drop(columns=[col])
+    out.index = pd.Index(ids.to_numpy(), name=candidates[0])
+    return out
+
+
+def _table_id_cols(model: Any) -> list[str]:
+    """Id columns a feature table may use: the training patient column (feature-table models), then ``patient_id``."""
+    cols = [K.SAMPLE] if model.kind == "bulk" else []
+    if model.kind == "features":
+        cols.append((getattr(model, "read_spec", None) or {}).get("patient_col") or K.PATIENT)
+    return [*cols, K.PATIENT]
+
+
+def _canonical_columns(frame: pd.DataFrame, model: Any) -> pd.DataFrame:
+    """Rename raw covariate columns of a table to the names training used (``data.obs_map``: canonical -> raw)."""
+    obs_map = (getattr(model, "read_spec", None) or {}).get("obs_map") or {}
+    rename = {
+        obs_map[c]: c for c in model.covariate_columns() if c not in frame.columns and obs_map.get(c) in frame.columns
+    }
+    return frame.rename(columns=rename)
+
+
+def _with_clinical(model: Any, meta: pd.DataFrame, clinical: str | Path | None) -> pd.DataFrame:
+    """Add the ``--clinical`` table's covariates (by patient id) to the per-row metadata; they take precedence."""
+    if clinical is None:
+        return meta
+    from biomarkers.io._obs import load_clinical
+
+    table, name = load_clinical(clinical)
+    spec = getattr(model, "read_spec", None) or {}
+    table = _index_by_id(_canonical_columns(table, model), id_col=[spec.get("patient_col") or K.PATIENT, K.PATIENT], source=name)
+    wanted = [c for c in model.covariate_columns() if c in table.columns]
+    if not wanted:
+        msg = (
+            f"{name} has none of the model's covariate columns ({', '.join(model.covariate_columns()) or 'none'}; "
+            f"have: {', '.join(map(str, table.columns[:8]))}). Name its columns as in training."
+        )
+        raise DataSchemaError(msg)
+    # Bulk rows are samples: the clinical table is keyed by patient.
+    keys = meta[K.PATIENT].astype(str) if K.PATIENT in meta.columns else pd.Series(meta.index.astype(str), index=meta.index)
+    absent = sorted(set(keys) - set(table.index))
+    if absent:
+        logger.warning("predict: %d of %d patients have no row in %s (e.g. %s); their covariates are missing",
+                       len(absent), keys.nunique(), name, ", ".join(absent[:3]))  # fmt: skip
+    meta = meta.copy()
+    for c in wanted:
+        incoming = pd.Series(table[c].reindex(keys.to_numpy()).to_numpy(), index=meta.index)
+        meta[c] = incoming.combine_first(meta[c]) if c in meta.columns else incoming
+    return meta
+
+
+def _cells_meta(model: Any, obs: pd.DataFrame, *, where: str) -> pd.DataFrame:
+    """Per-patient covariates of cells (or streamed samples), for the columns the input has."""
+    from biomarkers.features import patient_values
+
+    present = [c for c in model.covariate_columns() if c in obs.columns]
+    return patient_values(obs, present, where=where)
+
+
+def _bulk_table(path: Path, model: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Read a bulk table's samples x genes and its obs; numeric covariate columns are read as metadata, not genes."""
+    from biomarkers.io import read_cohort
+    from biomarkers.io._common import read_delimited
+
+    obs_map = (getattr(model, "read_spec", None) or {}).get("obs_map") or {}
+    header = set(map(str, read_delimited(path, nrows=0).columns))
+    raw = [r for c in model.covariate_columns() for r in (c, obs_map.get(c)) if r and r in header]
+    bulk = read_cohort(path, kind="bulk_table", metadata_cols=raw or None)
+    return bulk.to_df(), _canonical_columns(bulk.obs, model)
+
+
+def _bulk_cohorts(model: Any, obs: pd.DataFrame) -> pd.Series | None:
+    """Cohort per bulk sample for gene z-scores, when training z-scored within cohorts and the input has the column."""
+    col = (model.bulk or {}).get("cohort_col")
+    if not col:
+        return None
+    if col not in obs.columns:
+        logger.info("predict: no cohort column %r in the bulk input; its samples are z-scored as one cohort", col)
+        return None
+    return obs[col].astype(str)
 
 
 def _cells_spec(model: Any, overrides: dict[str, Any]) -> Any:
@@ -81,7 +172,7 @@ def _from_cells(model: Any, adata: AnnData, spec: Any, *, source: str) -> tuple[
 
 def _from_cell_file(
     model: Any, path: Path, spec: Any, *, scheduler: str | None, n_workers: int
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Stream a file's samples through the model's frozen pipeline (as training streamed them)."""
     from biomarkers.compute import sample_stats
     from biomarkers.io import check_sample_mix
@@ -93,7 +184,15 @@ def _from_cell_file(
                 {k: v for k, v in spec.read_kwargs().items() if v})  # fmt: skip
     res = sample_stats(pipe, path, scheduler=scheduler, n_workers=n_workers, read_kwargs=spec.read_kwargs())
     check_sample_mix(res.labels, allow=spec.allow_mixed_samples, source=path.name)
-    return pipe.finalize(res.stats), res.stats[list(QC_COLUMNS)]
+    table = res.labels
+    if any(c not in table.columns for c in model.covariate_columns()):
+        # The streamed sample table carries labels and biopsy attributes only: read the covariates from the
+        # file's metadata (no counts), as training did.
+        from biomarkers.compute._sources import metadata_table
+
+        found = metadata_table(path, spec.read_kwargs())
+        table = found if found is not None else table
+    return pipe.finalize(res.stats), res.stats[list(QC_COLUMNS)], _cells_meta(model, table, where=path.name)
 
 
 def _canonical_anndata(adata: AnnData, spec: Any) -> AnnData:
@@ -136,6 +235,7 @@ def predict(
     obs_map: dict[str, str] | None = None,
     scheduler: str | None = None,
     n_workers: int = 2,
+    clinical: str | Path | None = None,
 ) -> pd.DataFrame:
     """Apply a registered model to new samples, read exactly as the model's training data was.
 
@@ -161,6 +261,15 @@ def predict(
     scheduler, n_workers
         Where a file's samples are processed: None (this process), ``'local'`` (a local Dask cluster of
         `n_workers`) or ``'tcp://HOST:PORT'``; see :func:`biomarkers.compute.sample_stats`.
+    clinical
+        CSV/TSV of the new patients' clinical covariates, one row per patient (id column: the training patient
+        column or ``patient_id``). Needed when the model uses ``clin__`` covariates that training took from the
+        ``data.labels`` table; its values take precedence over the input's own columns. A level unseen in
+        training gives all-zero dummies (with a warning).
+
+    Per-cohort standardisation (``features.standardize: per_cohort``) is re-applied: the input is z-scored within
+    each cohort of the training cohort column when the input has it, else as one cohort; each cohort needs the
+    model's minimum number of rows.
 
     Returns
     -------
@@ -177,42 +286,54 @@ def predict(
     pyfunc, model = load_model(model_uri)
     id_col = K.SAMPLE if model.kind == "bulk" else K.PATIENT
     overrides = {"patient_col": patient_col, "sample_col": sample_col, "query": query, "obs_map": obs_map}
+    if clinical is not None and not Path(clinical).exists():
+        msg = f"Clinical table not found: {clinical}. Pass a CSV/TSV of covariates by patient id with --clinical."
+        raise DataSchemaError(msg)
     qc: pd.DataFrame | None = None
+    where = Path(data).name if isinstance(data, (str, Path)) else "the input"
     if isinstance(data, (str, Path)):
         path = Path(data)
         if _is_table(path) and (model.kind == "bulk" or (model.bulk is not None and not _has_features(path, model.features))):
             # A bulk table of samples x genes: bulk models, and single-cell models whose features also exist in
             # bulk (pbz__<set>, cohort-standardised signature scores).
-            from biomarkers.io import read_cohort
-
-            bulk = read_cohort(path, kind="bulk_table")
-            features = model.features_from_bulk(bulk.to_df())
+            genes, meta = _bulk_table(path, model)
+            features = model.features_from_bulk(genes, cohorts=_bulk_cohorts(model, meta))
             id_col = K.SAMPLE
         elif _is_table(path):
-            features = _read_feature_table(path, id_col=id_col)
+            features = _read_feature_table(path, id_col=_table_id_cols(model))
+            id_col = str(features.index.name)
+            meta = _canonical_columns(features, model)
         else:
             spec = _cells_spec(model, overrides)
-            features, qc = _from_cell_file(model, path, spec, scheduler=scheduler, n_workers=n_workers)
+            features, qc, meta = _from_cell_file(model, path, spec, scheduler=scheduler, n_workers=n_workers)
     elif isinstance(data, AnnData):
         if model.kind == "bulk":
-            features = model.features_from_bulk(data.to_df())
+            meta = _canonical_columns(data.obs, model)
+            features = model.features_from_bulk(data.to_df(), cohorts=_bulk_cohorts(model, meta))
         else:
             spec = _cells_spec(model, overrides)
-            features, qc = _from_cells(model, _canonical_anndata(data, spec), spec, source="adata")
+            cells = _canonical_anndata(data, spec)
+            features, qc = _from_cells(model, cells, spec, source="adata")
+            meta = _cells_meta(model, cells.obs, where="adata")
     else:
         features = data.copy()
-        if id_col in features.columns:
-            features = features.set_index(features[id_col].astype(str)).drop(columns=[id_col])
+        ids = [c for c in _table_id_cols(model) if c in features.columns]
+        if ids:
+            features = _index_by_id(features, id_col=ids, source="the input table")
+            id_col = str(features.index.name)
+        meta = _canonical_columns(features, model)
+    meta = _with_clinical(model, meta, clinical)
+    features = model.apply_covariates(features, meta, where=where)
     aligned = model.check_features(features)
     coverage = model.feature_coverage(features)
     result = pyfunc.predict(aligned)
     result.index = aligned.index
     parts = [result]
-    if model.kind != "bulk":
+    if model.kind not in ("bulk", "features"):  # cells used per patient; a feature-table model has none
         if qc is None:  # a feature table: report what it says, if anything
             qc = features.reindex(columns=list(QC_COLUMNS))
         parts.append(qc.reindex(aligned.index).astype(float))
-    shown = aligned.drop(columns=[c for c in QC_COLUMNS if c in aligned.columns and model.kind != "bulk"])
+    shown = aligned.drop(columns=[c for c in QC_COLUMNS if c in aligned.columns and model.kind not in ("bulk", "features")])
     table = pd.concat([*parts, shown, coverage.rename("feature_coverage")], axis=1)
     table.index.name = id_col
     table = table.reset_index()

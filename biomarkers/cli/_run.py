@@ -181,11 +181,14 @@ def predict(
     obs_map: ObsMap = None,
     scheduler: Scheduler = None,
     n_workers: NWorkers = 2,
+    clinical: Annotated[
+        Path | None, typer.Option(help="CSV/TSV of the new patients' clinical covariates by patient id (models with clin__ features)")
+    ] = None,
 ) -> None:
     """Predict anti-TNF non-response for new patients (or bulk samples), reading them as the training data was."""
     table = bm.predict(
         input_, model_uri=model, out=out, patient_col=patient_col, sample_col=sample_col, query=query,
-        obs_map=_obs_map(obs_map), scheduler=scheduler, n_workers=n_workers,
+        obs_map=_obs_map(obs_map), scheduler=scheduler, n_workers=n_workers, clinical=clinical,
     )  # fmt: skip
     head = table.iloc[:, :5].to_string(index=False, max_rows=20, float_format=lambda v: f"{v:.3f}")
     typer.echo(head)

@@ -25,6 +25,8 @@ OUTPUT_COLUMNS = ("p_non_response", "prediction")
 QC_COLUMNS = (K.N_CELLS, K.N_SAMPLES)  # what predict used per patient, reported whether or not they are features
 # 2: the feature pipeline carries a frozen scoring reference, and the model carries the reader settings.
 # Version-1 models (v0.1) scored each sample against itself and read new files with default columns only.
+# The clinical encoding and per-cohort standardisation are optional attributes (absent: not used), so adding
+# them needed no new version: models pickled before them read as "neither".
 FORMAT_VERSION = 2
 
 
@@ -46,7 +48,7 @@ class BiomarkerModel(PythonModel):
     pipeline
         :meth:`biomarkers.features.FeaturePipeline.to_dict` output (single-cell models), or ``None``.
     kind
-        ``'single_cell'`` or ``'bulk'``.
+        ``'single_cell'``, ``'bulk'`` or ``'features'`` (trained on a patient x feature table).
     min_coverage
         Smallest fraction of model features (or signature genes) an input must have.
     bulk
@@ -55,6 +57,13 @@ class BiomarkerModel(PythonModel):
         Free-form provenance (experiment, CV metrics).
     read_spec
         :meth:`biomarkers.io.ReadSpec.to_dict` of the training data: ``predict`` reads new files the same way.
+    clinical
+        The clinical encoding fitted on the training patients (:func:`biomarkers.features.clinical_spec`):
+        ``{"columns": [{"name", "type": "numeric" | "categorical", "levels", "source": "input" | "clinical_table"}]}``.
+        None: the model uses no clinical covariates.
+    standardize
+        The per-cohort standardisation rule (:func:`biomarkers.features.standardize_settings`): ``{"method":
+        "per_cohort", "min_cohort", "ddof", "cohort_col", "columns"}``. None: features are used as built.
     """
 
     def __init__(
@@ -69,6 +78,8 @@ class BiomarkerModel(PythonModel):
         bulk: dict[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
         read_spec: dict[str, Any] | None = None,
+        clinical: dict[str, Any] | None = None,
+        standardize: dict[str, Any] | None = None,
     ) -> None:
         self.estimator = estimator
         self.features = list(features)
@@ -79,6 +90,8 @@ class BiomarkerModel(PythonModel):
         self.bulk = bulk
         self.metadata = metadata or {}
         self.read_spec = read_spec or {}
+        self.clinical = clinical
+        self.standardize = standardize
         self.format_version = FORMAT_VERSION
 
     def check_format(self) -> None:
@@ -117,7 +130,16 @@ class BiomarkerModel(PythonModel):
                 "Is this the input kind the model was trained on (cells / features / bulk), with the same gene sets?"
             )
             raise FeatureMismatchError(msg)
-        return table.reindex(columns=self.features).astype(np.float64)
+        aligned = table.reindex(columns=self.features)
+        text = [c for c in aligned.columns if not pd.api.types.is_numeric_dtype(aligned[c]) and
+                pd.to_numeric(aligned[c].dropna(), errors="coerce").isna().any()]  # fmt: skip
+        if text:
+            msg = (
+                f"Model feature column(s) {', '.join(text[:5])} of the input are not numeric (e.g. "
+                f"{aligned[text[0]].dropna().iloc[0]!r}). Give numbers (empty for missing)."
+            )
+            raise FeatureMismatchError(msg)
+        return aligned.apply(pd.to_numeric, errors="coerce").astype(np.float64)
 
     def predict_features(self, table: pd.DataFrame) -> pd.DataFrame:
         """Probabilities and calls for a feature table (rows = patients or samples)."""
@@ -150,8 +172,11 @@ class BiomarkerModel(PythonModel):
         stats = pipe.stats(pipe.process(adata))
         return pipe.finalize(stats), stats[list(QC_COLUMNS)]
 
-    def features_from_bulk(self, table: pd.DataFrame) -> pd.DataFrame:
-        """Bulk samples x genes (log scale) -> the model's bulk features, standardised within the cohort."""
+    def features_from_bulk(self, table: pd.DataFrame, *, cohorts: pd.Series | None = None) -> pd.DataFrame:
+        """Bulk samples x genes (log scale) -> the model's bulk features, standardised within the cohort.
+
+        ``cohorts`` (one per row): genes are z-scored within each, as training did with ``data.cohort_col``.
+        """
         from biomarkers.features import bulk_features
 
         if self.bulk is None:
@@ -168,4 +193,61 @@ class BiomarkerModel(PythonModel):
                 f"Missing: {', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}. Are columns HGNC symbols (not probe IDs)?"
             )
             raise FeatureMismatchError(msg)
-        return bulk_features(table, **self.bulk)
+        return bulk_features(table, **self.bulk, cohorts=cohorts)
+
+    # -- covariates: clinical columns and per-cohort standardisation, re-applied as in training ----------
+    def covariate_columns(self) -> list[str]:
+        """Raw metadata columns predict reads per patient: the clinical columns and the cohort column(s)."""
+        cols = [c["name"] for c in (getattr(self, "clinical", None) or {}).get("columns", [])]
+        for col in ((getattr(self, "standardize", None) or {}).get("cohort_col"), (self.bulk or {}).get("cohort_col")):
+            if col:
+                cols.append(col)
+        return list(dict.fromkeys(cols))
+
+    def apply_covariates(self, features: pd.DataFrame, meta: pd.DataFrame, *, where: str = "the input") -> pd.DataFrame:
+        """Standardise per cohort and append the ``clin__`` covariates, exactly as training did.
+
+        Parameters
+        ----------
+        features
+            Rows (patients or samples) x the model's biomarker features, as built.
+        meta
+            Rows (same index) x raw metadata: the clinical columns and the cohort column, where known.
+        where
+            Name of the input, for messages.
+
+        Returns
+        -------
+        The feature table the estimator reads (biomarker features standardised, ``clin__`` columns added).
+        """
+        from biomarkers.features import encode_clinical, standardize_per_cohort
+        from biomarkers.features._clinical import SOURCE_TABLE, clinical_feature_names
+
+        meta = meta.reindex(features.index)
+        out = features
+        std = getattr(self, "standardize", None)
+        if std:
+            col = std.get("cohort_col")
+            cohorts = meta[col] if col and col in meta.columns else None
+            if col and cohorts is None:
+                logger.info("predict: no cohort column %r in %s; its %d rows are standardised as one cohort", col, where, len(out))
+            cols = [c for c in std["columns"] if c in out.columns]
+            out = standardize_per_cohort(out, cohorts=cohorts, columns=cols, min_cohort=int(std["min_cohort"]), where=where)
+        spec = getattr(self, "clinical", None)
+        if not spec:
+            return out
+        names = clinical_feature_names(spec)
+        raw = [c["name"] for c in spec["columns"]]
+        absent = [c for c in spec["columns"] if c["name"] not in meta.columns]
+        if absent and all(n in out.columns for n in names):
+            return out  # an already-encoded feature table (e.g. the run's features.csv)
+        if absent:
+            where_from = {c["name"]: "the data.labels table" if c["source"] == SOURCE_TABLE else "the training input" for c in absent}
+            msg = (
+                f"This model uses clinical covariates {', '.join(f'{n!r} (from {w})' for n, w in where_from.items())} "
+                f"that {where} does not have. Pass a CSV/TSV of them by patient id with --clinical PATH "
+                "(predict(..., clinical=PATH))."
+            )
+            raise FeatureMismatchError(msg)
+        encoded = encode_clinical(meta[raw], spec, where=where)
+        return pd.concat([out.drop(columns=[n for n in names if n in out.columns]), encoded], axis=1)
