@@ -21,7 +21,7 @@ Methods
     Mann-Whitney U on log2(CPM + 1), ignoring covariates; ``stat`` is the normal z of U.
 
 For ``ttest`` and ``wilcoxon``, p-values are adjusted per compartment by Benjamini-Hochberg over every tested gene
-(``scipy.stats.false_discovery_control``).
+(:func:`biomarkers.stats.bh_adjust`).
 """
 
 from __future__ import annotations

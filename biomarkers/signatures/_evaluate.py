@@ -100,7 +100,7 @@ def _boot_weights(
     return counts[:, unit_of_sample]
 
 
-def _auroc_ci(
+def _bootstrap_ci(
     score: NDArray[np.float64], y: NDArray[np.bool_], weights: NDArray[np.float64], *, ci: float
 ) -> tuple[float, float, float]:
     """AUROC of ``score`` for ``y`` and its percentile bootstrap CI over the replicates in ``weights``."""
@@ -239,7 +239,7 @@ def evaluate_signatures(
         if row["n_pos"] == 0 or row["n_neg"] == 0:
             row.update(auroc=np.nan, auroc_ci_low=np.nan, auroc_ci_high=np.nan, p_value=np.nan, direction="")
             continue
-        auc, low, high = _auroc_ci(score.to_numpy()[valid], y[valid], weights[:, valid], ci=ci)
+        auc, low, high = _bootstrap_ci(score.to_numpy()[valid], y[valid], weights[:, valid], ci=ci)
         p = _p_value(score[valid], y_all[valid], None if groups is None else groups[valid])
         direction = "higher_in_positive" if auc > 0.5 else "lower_in_positive" if auc < 0.5 else "none"
         row.update(auroc=auc, auroc_ci_low=low, auroc_ci_high=high, p_value=p, direction=direction)
