@@ -1,7 +1,8 @@
 """The package's statistics: one implementation each, used by models, signatures and discovery.
 
 - :func:`auroc`: Mann-Whitney AUROC with average ranks for ties (equals ``sklearn.metrics.roc_auc_score``),
-  vectorised over rows so that a thousand bootstrap replicates are one call.
+  vectorised over rows so that a thousand bootstrap replicates are one call; :func:`weighted_auroc` is the same
+  statistic with frequency weights, for bootstraps that draw patients with several samples each.
 - :func:`bootstrap_indices`: resamples of patients with replacement, stratified by class (each replicate keeps
   the numbers of non-responders and responders), so every replicate has both classes and the same prevalence.
 - :func:`bh_adjust`: Benjamini-Hochberg adjusted p-values (``scipy.stats.false_discovery_control``).
@@ -52,6 +53,50 @@ def auroc(y: Any, s: Any) -> np.ndarray | float:
     with np.errstate(divide="ignore", invalid="ignore"):
         out = ((r * y).sum(axis=-1) - n1 * (n1 + 1) / 2) / (n1 * n0)
     return float(out) if np.ndim(out) == 0 else out
+
+
+def weighted_auroc(y: Any, s: Any, weights: Any) -> np.ndarray | float:
+    """AUROC of scores ``s`` for 0/1 labels ``y`` with frequency weights, one AUROC per row of ``weights``.
+
+    With integer weights this is :func:`auroc` of the sample that repeats row ``i`` ``weights[i]`` times (ties
+    count 1/2). It serves cluster bootstraps, where a replicate draws patients and each drawn patient brings all
+    of its samples: replicates then differ in size, so they cannot be rows of one rectangular :func:`auroc` call.
+
+    Parameters
+    ----------
+    y
+        0/1 labels, shape ``(n,)``.
+    s
+        Scores, shape ``(n,)``.
+    weights
+        Non-negative weights, shape ``(n,)`` or ``(m, n)`` (e.g. how often a bootstrap replicate drew each row).
+
+    Returns
+    -------
+    A float for 1-D ``weights``, else ``m`` AUROCs (NaN where a row gives one class zero total weight).
+
+    Examples
+    --------
+    >>> from biomarkers.stats import weighted_auroc
+    >>> round(weighted_auroc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8], [1, 2, 1, 1]), 3)  # the 0.4 negative twice
+    0.667
+    """
+    y = np.asarray(y, dtype=float).ravel()
+    s = np.asarray(s, dtype=float).ravel()
+    w = np.asarray(weights, dtype=float)
+    w2 = np.atleast_2d(w)
+    order = np.argsort(s, kind="stable")
+    s_sorted = s[order]
+    starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])  # one block per tied score value
+    if s.size == 0:
+        out = np.full(w2.shape[0], np.nan)
+    else:
+        pos = np.add.reduceat((w2 * y)[:, order], starts, axis=1)
+        neg = np.add.reduceat((w2 * (1 - y))[:, order], starts, axis=1)
+        below = np.cumsum(neg, axis=1) - neg  # negative weight strictly below each score value
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out = (pos * (below + 0.5 * neg)).sum(axis=1) / (pos.sum(axis=1) * neg.sum(axis=1))
+    return float(out[0]) if w.ndim == 1 else out
 
 
 def bootstrap_indices(y: Any, n_boot: int, rng: np.random.Generator) -> np.ndarray:
