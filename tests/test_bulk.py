@@ -85,7 +85,8 @@ def test_single_cell_model_on_bridge_features_scores_bulk(bulk_store):
     cfg = bm.load_config(
         EXPERIMENTS / "anti_tnf_default.yaml",
         overrides=[*FAST, "features.families=[bulk_signatures]", "baselines.single_features=[]", "plots.umap=false",
-                   "registry.model_name=bridge", "data.simulate.n_patients=30", "data.simulate.cells_per_patient=200"],
+                   "registry.model_name=bridge", "data.simulate.n_patients=30", "data.simulate.cells_per_patient=200",
+                   "features.clinical=[]"],
     )  # fmt: skip
     res = bm.run_experiment(cfg)
     assert all(c.startswith("pbz__") for c in res.cohort.features.columns)

@@ -68,8 +68,21 @@ def test_run_logs_parent_children_metrics_and_registers_champion(finished_run):
         a.path for a in client.list_artifacts(res.parent_run_id, "plots")
     }
     for name in ("config.resolved.yaml", "features.csv", "cv_predictions.csv", "plots/roc_pr.png", "plots/calibration.png",
-                 "plots/umap_cell_type_aqp9.png", "plots/patient_signature_heatmap.png"):  # fmt: skip
+                 "plots/umap_cell_type_aqp9.png", "plots/patient_signature_heatmap.png", "plots/decision_curve.png",
+                 "nested_cv_choices.csv", "nested_cv_predictions.csv", "decision_curve.csv"):  # fmt: skip
         assert name in arts
+    # The selected procedure, honestly evaluated: what a clinical reviewer asks for, on the parent run.
+    m = parent.data.metrics
+    for key in ("nested_cv_auroc", "selection_p_value", "calibration_slope", "calibration_intercept", "threshold",
+                "oof_sensitivity", "oof_specificity", "delta_auroc_vs_best_baseline", "delta_auroc_vs_clinical"):  # fmt: skip
+        assert key in m, key
+    for key in ("nested_cv_auroc", "delta_auroc_vs_best_baseline", "delta_auroc_vs_clinical"):
+        assert m[f"{key}_ci_low"] <= m[key] <= m[f"{key}_ci_high"]
+    ev = res.evaluation
+    assert m["nested_cv_auroc"] == pytest.approx(ev.nested_auroc)
+    assert m["threshold"] == pytest.approx(ev.threshold)
+    assert parent.data.tags["selected_model"] == ev.best_model
+    assert {"mechanism_score", "clinical_only", "clinical_plus_biomarkers"} <= set(ev.metrics.index)
     mv = client.get_model_version_by_alias("anti-tnf-nonresponse", "champion")
     assert str(mv.version) == res.model_version == res.champion_version
     assert res.model_uri == f"models:/anti-tnf-nonresponse/{mv.version}"

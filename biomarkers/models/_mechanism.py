@@ -19,7 +19,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
 from sklearn.linear_model import LogisticRegression
 
 from biomarkers._errors import ConfigError
-from biomarkers._keys import AQP9_FRACTION, FAMILY_PB, FAMILY_SIG, FEATURE_SEP
+from biomarkers._keys import AQP9_FRACTION, FAMILY_PB, FAMILY_PBZ, FAMILY_SIG, FEATURE_SEP
 
 
 def _f(*parts: str) -> str:
@@ -36,6 +36,15 @@ DEFAULT_MECHANISM_WEIGHTS: dict[str, int] = {
     _f(FAMILY_SIG, "stroma", "OSM_RESPONSE"): 1,
     _f(FAMILY_SIG, "stroma", "IL6_JAK_STAT3"): 1,
     _f(FAMILY_SIG, "epithelium", "OSM_RESPONSE"): 1,
+}
+
+
+#: The same mechanisms as bulk-compatible features (``pbz__<set>``: the set's genes z-scored within the cohort),
+#: for bulk cohorts and single-cell models built on the bulk bridge.
+DEFAULT_BULK_MECHANISM_WEIGHTS: dict[str, int] = {
+    _f(FAMILY_PBZ, "AQP9_INFLAMMATORY_MACROPHAGE"): 1,
+    _f(FAMILY_PBZ, "OSM_RESPONSE"): 1,
+    _f(FAMILY_PBZ, "IL6_JAK_STAT3"): 1,
 }
 
 
@@ -67,7 +76,8 @@ def resolve_weights(weights: Mapping[str, int] | None, columns: Any) -> tuple[di
     Parameters
     ----------
     weights
-        Weights (None: :data:`DEFAULT_MECHANISM_WEIGHTS`).
+        Weights (None: :data:`DEFAULT_MECHANISM_WEIGHTS`, or :data:`DEFAULT_BULK_MECHANISM_WEIGHTS` when more of
+        those are present).
     columns
         Candidate feature names.
 
@@ -75,8 +85,12 @@ def resolve_weights(weights: Mapping[str, int] | None, columns: Any) -> tuple[di
     -------
     ``(present weights, missing names)``.
     """
-    w = check_weights(DEFAULT_MECHANISM_WEIGHTS if weights is None else weights)
     cols = {str(c) for c in columns}
+    if weights is None:
+        # The single-cell list, or the bulk one when the features are the bulk bridge's (more of them present).
+        lists = (DEFAULT_MECHANISM_WEIGHTS, DEFAULT_BULK_MECHANISM_WEIGHTS)
+        weights = max(lists, key=lambda w: sum(k in cols for k in w))
+    w = check_weights(weights)
     return {k: v for k, v in w.items() if k in cols}, [k for k in w if k not in cols]
 
 
