@@ -30,8 +30,8 @@ QUERY = "timepoint == 'baseline' and disease_status == 'inflamed'"
 
 
 def write_atlas(folder: Path, *, seed: int, prefix: str) -> tuple[Path, Path]:
-    """An atlas-like h5ad of 8 donors x 4 biopsies, and its clinical CSV; returns both paths."""
-    sim = bm.simulate_cohort(n_patients=8, cells_per_patient=480, n_genes=500, seed=seed)
+    """An atlas-like h5ad of 12 donors x 4 biopsies, and its clinical CSV; returns both paths (12: nested CV needs 2 per class per fold)."""
+    sim = bm.simulate_cohort(n_patients=12, cells_per_patient=480, n_genes=500, seed=seed)
     rng = np.random.default_rng(seed)
     obs = pd.DataFrame(index=[f"{prefix}-cell{i}" for i in range(sim.n_obs)])
     donor = sim.obs[K.PATIENT].astype(str).map(lambda p: f"{prefix}-{p}").to_numpy()
@@ -105,7 +105,7 @@ def test_the_query_keeps_one_baseline_inflamed_biopsy_per_donor(trained):
     assert set(samples[K.TIMEPOINT]) == {"baseline"}
     assert samples[K.INFLAMED].astype(bool).all()
     assert samples.groupby(K.PATIENT).size().eq(1).all()
-    assert len(trained.cohort.features) == 8
+    assert len(trained.cohort.features) == 12
     assert trained.cohort.labels.sum() > 0  # labels came from the clinical CSV (NR/R)
 
 
@@ -120,7 +120,7 @@ def test_predict_on_new_donors_needs_no_flags_and_uses_only_the_kept_biopsies(tr
     preds = bm.predict(atlas["new"], model_uri="models:/atlas-model@champion", out=out)
     assert list(preds.columns[:5]) == [K.PATIENT, "p_non_response", "prediction", K.N_CELLS, K.N_SAMPLES]
     assert preds.columns.is_unique
-    assert len(preds) == 8
+    assert len(preds) == 12
     assert preds[K.PATIENT].str.startswith("NEW-").all()
     assert (preds[K.N_SAMPLES] == 1).all()
     raw = ad.read_h5ad(atlas["new"], backed="r").obs
@@ -210,7 +210,7 @@ def test_features_command_reads_like_the_experiment_or_with_flags(atlas, tmp_pat
     ])  # fmt: skip
     assert res.exit_code == 0, res.output
     a, b = pd.read_csv(by_config, index_col=0), pd.read_csv(flags, index_col=0)
-    assert len(a) == 8
+    assert len(a) == 12
     assert a.index.str.startswith("NEW-").all()
     # Same donors and biopsies; the experiment's QC floors (min_genes 20) are laxer than the defaults (200).
     assert a.index.equals(b.index)

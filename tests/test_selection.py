@@ -170,11 +170,17 @@ def test_selection_results_do_not_depend_on_the_worker_count():
     assert (one.deltas, one.threshold) == (two.deltas, two.threshold)
 
 
-def test_nested_cv_refuses_a_cohort_too_small_for_an_inner_cv():
+def test_a_cohort_too_small_for_an_inner_cv_runs_without_nesting_and_says_so(caplog):
     X, y = _table(n=8, seed=8)
     y[:] = [1, 0, 0, 0, 0, 0, 1, 0]
+    kw = {"model_specs": SPECS, "cv_spec": {"n_splits": 2, "n_repeats": 1}, "n_permutations": 0}
+    with caplog.at_level(logging.WARNING, logger="biomarkers"):
+        res = evaluate_models(X, y, **kw)
+    assert res.nested is None
+    assert "too few to choose among candidates" in res.nested_skipped
+    assert any("nested CV not run" in r.getMessage() for r in caplog.records)
     with pytest.raises(DataSchemaError, match="too few to choose among candidates"):
-        evaluate_models(X, y, model_specs=SPECS, cv_spec={"n_splits": 2, "n_repeats": 1}, n_permutations=0)
+        evaluate_models(X, y, nested=True, **kw)
 
 
 # --- several cohorts --------------------------------------------------------------------------------------------

@@ -69,6 +69,8 @@ def selection_summary(ev) -> list[str]:
     if ev.champion_block:
         lines.append(f"[bold red]Not promoted to champion:[/bold red] {ev.champion_block}.")
     nm = ev.nested_metrics
+    if ev.nested_skipped:
+        lines.append(f"[bold red]Nested CV not run[/bold red] ({ev.nested_skipped}): the CV AUROC above is optimistic.")
     if nm:
         counts = ", ".join(f"{n} {c}" for n, c in ev.nested.counts.items())
         lines.append(

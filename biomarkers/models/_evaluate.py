@@ -110,7 +110,9 @@ class EvaluationResult:
     ci
         Central coverage of the bootstrap CIs (e.g. 0.95).
     nested
-        The nested CV of the choose-then-fit procedure (None with ``nested=False``).
+        The nested CV of the choose-then-fit procedure (None when it was not run).
+    nested_skipped
+        Why the nested CV was not run (a training fold too small for an inner CV), else None.
     nested_metrics
         :func:`evaluate_predictions` of the nested OOF predictions (``auroc`` is the headline ``nested_cv_auroc``).
     deltas
@@ -138,6 +140,7 @@ class EvaluationResult:
     ci: float = 0.95
     nested: NestedSelection | None = field(default=None, repr=False)
     nested_metrics: dict[str, float] = field(default_factory=dict)
+    nested_skipped: str | None = None
     deltas: dict[str, dict[str, Any]] = field(default_factory=dict)
     decision_curve: pd.DataFrame | None = field(default=None, repr=False)
     cohort_metrics: pd.DataFrame | None = None
@@ -400,8 +403,8 @@ def check_cv(
 ) -> None:
     """Raise the error :func:`evaluate_models` would raise on these labels' folds, without fitting anything.
 
-    ``run`` calls it before the tracking store is touched, so a cohort too small for the (nested) CV leaves no
-    database, experiment or run behind.
+    ``run`` calls it before the tracking store is touched, so a cohort too small for the CV leaves no database,
+    experiment or run behind. (A cohort too small for the nested CV's inner folds runs without it, with a warning.)
 
     Parameters
     ----------
@@ -416,7 +419,7 @@ def check_cv(
 
     idx = index if index is not None else (y.index if isinstance(y, pd.Series) else pd.RangeIndex(len(y)))
     y_arr = as_binary_labels(y.loc[idx] if isinstance(y, pd.Series) else y)
-    _split_plan(y_arr, align_groups(groups, idx), align_groups(cohorts, idx), _cv_settings(cv_spec), seed=seed, nested=True)
+    _split_plan(y_arr, align_groups(groups, idx), align_groups(cohorts, idx), _cv_settings(cv_spec), seed=seed, nested=False)
 
 
 def evaluate_models(
@@ -438,7 +441,7 @@ def evaluate_models(
     n_jobs: int | None = None,
     cohorts: Any = None,
     split_features: Callable[[np.ndarray], pd.DataFrame] | None = None,
-    nested: bool = True,
+    nested: bool | None = None,
 ) -> EvaluationResult:
     """Cross-validate every candidate on the same patient folds, choose among them, and evaluate the choice.
 
@@ -494,7 +497,10 @@ def evaluate_models(
         ``f(train_positions) -> table like X``: features rebuilt with everything label-free fitted on the split's
         training rows only (the single-cell scoring reference under leave-one-cohort-out).
     nested
-        Run the nested CV (the headline estimate); False only for quick looks.
+        Run the nested CV (the headline estimate). None (default): whenever every outer training fold holds an
+        inner CV (at least 2 patients per class); otherwise the run goes on without it, with a warning and
+        ``nested_skipped`` saying why (the selected model's own CV AUROC is then the only, optimistic, estimate).
+        True: refuse such a cohort. False: skip (quick looks).
 
     Returns
     -------
@@ -534,7 +540,16 @@ def evaluate_models(
     cv = _cv_settings(cv_spec)
     g = align_groups(groups, Xf.index)
     c_arr = align_groups(cohorts, Xf.index)
-    folds, plan = _split_plan(y_arr, g, c_arr, cv, seed=seed, nested=nested)
+    nested_skipped = None
+    try:
+        folds, plan = _split_plan(y_arr, g, c_arr, cv, seed=seed, nested=nested is not False)
+    except DataSchemaError as e:
+        if nested is not None or "inner CV" not in str(e):
+            raise
+        folds, plan = _split_plan(y_arr, g, c_arr, cv, seed=seed, nested=False)
+        nested_skipped = str(e)
+        logger.warning("nested CV not run (%s): the selected model's CV AUROC is optimistic by the choice", e)
+    nested = bool(plan)
     specs, roles = _candidates(model_specs, baselines, clinical, Xf.columns)
     split_X = _split_tables(split_features, Xf, folds)
 
@@ -677,6 +692,7 @@ def evaluate_models(
         decision_curve=curve,
         cohort_metrics=cohort_table,
         threshold_rule=rule,
+        nested_skipped=nested_skipped,
     )
 
 

@@ -221,9 +221,9 @@ def _evaluate_and_log(cfg: ExperimentConfig, cohort: Cohort, *, umap: Any, t0: f
     t_feat = time.perf_counter()
     # Check the labels against cv.n_splits (both classes, enough patients per class) before the store is touched,
     # so a cohort too small for the CV creates no MLflow database or experiment either.
+    baselines = _baselines(cfg, X.columns)  # likewise: a misspelled baseline feature is refused before the store
     # Nested CV: every outer training fold must also hold an inner CV.
     check_cv(y, cfg.cv.model_dump(), seed=cfg.seed, groups=cohort.groups, cohorts=getattr(cohort, "cohorts", None), index=X.index)
-    baselines = _baselines(cfg, X.columns)  # likewise: a misspelled baseline feature is refused before the store
     # A new SQLite store runs its schema migrations on first use (~8 s): overlap that with the CV.
     pool = ThreadPoolExecutor(max_workers=1)
     exp_future = pool.submit(_experiment_id, cfg.name)
@@ -272,6 +272,8 @@ def _evaluate_and_log(cfg: ExperimentConfig, cohort: Cohort, *, umap: Any, t0: f
         honest = evaluation.nested_auroc if evaluation.nested is not None else best_auroc
         mlflow.log_metric("best_cv_auroc", best_auroc)
         mlflow.set_tags({"best_model": best, "selected_model": best, "selected_role": evaluation.role})
+        if evaluation.nested_skipped:
+            mlflow.set_tag("nested_cv", f"not run: {evaluation.nested_skipped}")
         model_uri = model_version = None
         if cfg.registry.enabled:
             from biomarkers.tracking import _registry
@@ -281,6 +283,7 @@ def _evaluate_and_log(cfg: ExperimentConfig, cohort: Cohort, *, umap: Any, t0: f
             # Candidate features before any in-fold selection: versions compete only on the same inputs.
             tags = {
                 _registry.AUROC_TAG: f"{honest:.6f}",
+                "auroc_estimate": "nested" if evaluation.nested is not None else "selected (nested CV not run)",
                 "selected_cv_auroc": f"{best_auroc:.6f}",
                 "selected_model": best,
                 "role": evaluation.role,
