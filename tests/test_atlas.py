@@ -154,7 +154,7 @@ def test_a_query_on_a_missing_column_names_the_columns(atlas):
 
 def test_clinical_ids_that_do_not_match_are_one_clear_line(atlas):
     cfg = bm.load_config(atlas["config"], overrides=[f"data.labels={atlas['new_labels']}"])
-    with pytest.raises(DataSchemaError, match="0 of 8 matched"):
+    with pytest.raises(DataSchemaError, match="0 of 12 matched"):
         bm.cohort.prepare_cohort(cfg)
 
 
