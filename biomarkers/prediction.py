@@ -192,7 +192,17 @@ def _from_cell_file(
 
         found = metadata_table(path, spec.read_kwargs())
         table = found if found is not None else table
-    return pipe.finalize(res.stats), res.stats[list(QC_COLUMNS)], _cells_meta(model, table, where=path.name)
+    return (
+        pipe.finalize(res.stats), res.stats[list(QC_COLUMNS)], _cells_meta(model, table, where=path.name),
+        _gene_coverage(res.coverage),
+    )  # fmt: skip
+
+
+def _gene_coverage(report: pd.DataFrame | None) -> float | None:
+    """Smallest fraction of a scored gene set's genes found in the input (None when not known)."""
+    if report is None or report.empty or "n_found" not in report or "n_genes" not in report:
+        return None
+    return float((report["n_found"] / report["n_genes"].where(report["n_genes"] > 0)).min())
 
 
 def _canonical_anndata(adata: AnnData, spec: Any) -> AnnData:
@@ -236,6 +246,7 @@ def predict(
     scheduler: str | None = None,
     n_workers: int = 2,
     clinical: str | Path | None = None,
+    report: str | Path | None = None,
 ) -> pd.DataFrame:
     """Apply a registered model to new samples, read exactly as the model's training data was.
 
@@ -266,6 +277,8 @@ def predict(
         column or ``patient_id``). Needed when the model uses ``clin__`` covariates that training took from the
         ``data.labels`` table; its values take precedence over the input's own columns. A level unseen in
         training gives all-zero dummies (with a warning).
+    report
+        Also write a self-contained HTML report of this batch (probabilities, explanations, flags).
 
     Per-cohort standardisation (``features.standardize: per_cohort``) is re-applied: the input is z-scored within
     each cohort of the training cohort column when the input has it, else as one cohort; each cohort needs the
@@ -274,7 +287,11 @@ def predict(
     Returns
     -------
     One row per patient: ``patient_id, p_non_response, prediction, n_cells, n_samples`` (cells and samples
-    used), then the model's features and ``feature_coverage``. Bulk: one row per sample (``sample_id, ...``).
+    used); ``flags`` (``;``-joined out-of-distribution codes: ``out_of_range:<feature>``, ``no_stroma``,
+    ``no_epithelium``, ``no_mnp``, ``low_gene_coverage``, ``few_cells``; each also logged as a warning) and
+    ``reason`` (one readable line); ``top_features``; ``contrib__<feature>`` (signed log-odds contributions of the
+    features the model uses) and ``pctl__<feature>`` (percentile in the training cohort of the key features); then
+    the model's features and ``feature_coverage``. Bulk: one row per sample (``sample_id, ...``).
     """
     from anndata import AnnData
 
@@ -290,6 +307,7 @@ def predict(
         msg = f"Clinical table not found: {clinical}. Pass a CSV/TSV of covariates by patient id with --clinical."
         raise DataSchemaError(msg)
     qc: pd.DataFrame | None = None
+    gene_coverage: float | None = None
     where = Path(data).name if isinstance(data, (str, Path)) else "the input"
     if isinstance(data, (str, Path)):
         path = Path(data)
@@ -305,7 +323,9 @@ def predict(
             meta = _canonical_columns(features, model)
         else:
             spec = _cells_spec(model, overrides)
-            features, qc, meta = _from_cell_file(model, path, spec, scheduler=scheduler, n_workers=n_workers)
+            features, qc, meta, gene_coverage = _from_cell_file(
+                model, path, spec, scheduler=scheduler, n_workers=n_workers
+            )
     elif isinstance(data, AnnData):
         if model.kind == "bulk":
             meta = _canonical_columns(data.obs, model)
@@ -314,6 +334,7 @@ def predict(
             spec = _cells_spec(model, overrides)
             cells = _canonical_anndata(data, spec)
             features, qc = _from_cells(model, cells, spec, source="adata")
+            gene_coverage = _gene_coverage(_coverage_of(model, cells.var_names))
             meta = _cells_meta(model, cells.obs, where="adata")
     else:
         features = data.copy()
@@ -333,10 +354,73 @@ def predict(
         if qc is None:  # a feature table: report what it says, if anything
             qc = features.reindex(columns=list(QC_COLUMNS))
         parts.append(qc.reindex(aligned.index).astype(float))
+    parts.append(_explanations(model, features, aligned, result, gene_coverage=gene_coverage, qc=qc))
     shown = aligned.drop(columns=[c for c in QC_COLUMNS if c in aligned.columns and model.kind not in ("bulk", "features")])
     table = pd.concat([*parts, shown, coverage.rename("feature_coverage")], axis=1)
     table.index.name = id_col
     table = table.reset_index()
+    if report is not None:
+        _write_report(table, model, model_uri, report)
     if out is not None:
         write_csv(table, out)
     return table
+
+
+def _coverage_of(model: Any, var_names: Any) -> pd.DataFrame | None:
+    from biomarkers.signatures import coverage_report
+
+    pipe = model.feature_pipeline()
+    return coverage_report({n: pipe.gene_sets[n] for n in pipe.plan}, list(map(str, var_names)))
+
+
+def _explanations(
+    model: Any,
+    features: pd.DataFrame,
+    aligned: pd.DataFrame,
+    result: pd.DataFrame,
+    *,
+    gene_coverage: float | None,
+    qc: pd.DataFrame | None,
+) -> pd.DataFrame:
+    """Return ``flags, reason, top_features, contrib__<feature>..., pctl__<feature>...`` per patient."""
+    from biomarkers.models._explain import top_features
+    from biomarkers.tracking._profile import flag_patients, percentiles, reasons
+
+    contrib, _ = model.explain(aligned)
+    used = [c for c in contrib.columns if (contrib[c] != 0).any()]
+    profile = getattr(model, "profile", None) or {}
+    pctl = percentiles(features, profile)
+    n_cells = qc[K.N_CELLS] if qc is not None and K.N_CELLS in qc else None
+    missing = sum(f not in features.columns for f in model.features)
+    flags = flag_patients(
+        features, profile, missing_features=missing, gene_coverage=gene_coverage, n_cells=n_cells, used=used
+    )
+    _warn_flags(flags)
+    reason = reasons(result["p_non_response"], model.threshold, contrib[used], pctl, flags)
+    out = pd.concat(
+        [flags, reason, top_features(contrib[used]), contrib[used].add_prefix("contrib__"), pctl], axis=1
+    )
+    return out.reindex(aligned.index)
+
+
+def _warn_flags(flags: pd.Series) -> None:
+    """One warning line per flag code, naming (some of) the patients it concerns."""
+    by_code: dict[str, list[str]] = {}
+    for pid, codes in flags.items():
+        for code in filter(None, str(codes).split(";")):
+            by_code.setdefault(code, []).append(str(pid))
+    for code, pids in sorted(by_code.items()):
+        more = f" and {len(pids) - 5} more" if len(pids) > 5 else ""
+        logger.warning(
+            "predict: %s for %d patient(s) (%s%s): unlike the training cohort; read their probabilities with care",
+            code, len(pids), ", ".join(pids[:5]), more,
+        )  # fmt: skip
+
+
+def _write_report(table: pd.DataFrame, model: Any, model_uri: str, path: str | Path) -> None:
+    from biomarkers._atomic import write_atomic
+    from biomarkers.tracking._report import predictions_report
+
+    info = {"model_uri": model_uri, "threshold": model.threshold, **(model.metadata or {})}
+    html = predictions_report(table, model_info=info)
+    write_atomic(path, lambda p: p.write_text(html, encoding="utf-8"))

@@ -186,15 +186,19 @@ def predict(
     clinical: Annotated[
         Path | None, typer.Option(help="CSV/TSV of the new patients' clinical covariates by patient id (models with clin__ features)")
     ] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="Also write an HTML report of this batch: probabilities, explanations, flags")
+    ] = None,
 ) -> None:
     """Predict anti-TNF non-response for new patients (or bulk samples), reading them as the training data was."""
     table = bm.predict(
         input_, model_uri=model, out=out, patient_col=patient_col, sample_col=sample_col, query=query,
-        obs_map=_obs_map(obs_map), scheduler=scheduler, n_workers=n_workers, clinical=clinical,
+        obs_map=_obs_map(obs_map), scheduler=scheduler, n_workers=n_workers, clinical=clinical, report=report,
     )  # fmt: skip
-    head = table.iloc[:, :5].to_string(index=False, max_rows=20, float_format=lambda v: f"{v:.3f}")
+    shown = [c for c in (*table.columns[:5], "flags") if c in table.columns]
+    head = table[shown].to_string(index=False, max_rows=20, float_format=lambda v: f"{v:.3f}")
     typer.echo(head)
-    typer.echo(f"{len(table)} rows -> {out}")
+    typer.echo(f"{len(table)} rows -> {out}" + (f"; report -> {report}" if report else ""))
 
 
 def compare(

@@ -4,10 +4,11 @@ A probability says nothing about whether a sample resembles what the model learn
 fell to an AUROC of 0.22 on a CD45-sorted cohort (no stroma, no epithelium) and nothing warned its users. So
 ``predict`` flags, per patient:
 
-- ``out_of_range:<feature>``: a model feature outside the training range widened by ``margin`` (25%) of it;
-- ``no_stroma`` / ``no_epithelium`` / ``no_mnp``: a compartment absent (from the ``prop__`` features) that the
-  training patients had;
-- ``low_gene_coverage``: model features missing, or signature genes missing from the input;
+- ``out_of_range:<feature>``: a feature the model uses outside the training range widened by ``margin`` (25%)
+  of it;
+- ``no_stroma`` / ``no_epithelium`` / ``no_mnp``: a compartment absent (under 1% of the cells or under 5
+  cells, from the ``prop__`` features) that most training patients had;
+- ``low_gene_coverage``: model features missing from the input, or under 90% of a signature's genes found;
 - ``few_cells``: fewer cells than the training minimum.
 
 It refuses only where it must (too few model features), as before; flags are warnings.
@@ -39,6 +40,10 @@ KEY_FEATURES: tuple[str, ...] = (
 #: Compartments whose absence is flagged, and the flag's name.
 ABSENCE_FLAGS: dict[str, str] = {ct.STROMA: "no_stroma", ct.EPITHELIUM: "no_epithelium", ct.MNP: "no_mnp"}
 _QUANTILES = np.linspace(0, 100, 101)
+#: A compartment is absent below this share of a patient's cells, or below this many cells (marker calls put a few
+#: stray cells anywhere: a CD45-sorted sample still has one or two "epithelial" cells).
+ABSENT_SHARE = 0.01
+ABSENT_CELLS = 5
 
 
 def _compartment_shares(table: pd.DataFrame) -> pd.DataFrame:
@@ -50,6 +55,14 @@ def _compartment_shares(table: pd.DataFrame) -> pd.DataFrame:
         if cols:
             out[comp] = table[cols].sum(axis=1, min_count=1)
     return pd.DataFrame(out, index=table.index)
+
+
+def _absent(shares: pd.DataFrame, n_cells: pd.Series | None) -> pd.DataFrame:
+    """Per patient and compartment: absent (True), present (False); a patient without the share is not absent."""
+    absent = shares.fillna(1.0) < ABSENT_SHARE
+    if n_cells is not None:
+        absent |= shares.mul(n_cells.reindex(shares.index), axis=0).fillna(np.inf) < ABSENT_CELLS
+    return absent
 
 
 def training_profile(features: pd.DataFrame, *, model_features: Sequence[str]) -> dict[str, Any]:
@@ -74,7 +87,8 @@ def training_profile(features: pd.DataFrame, *, model_features: Sequence[str]) -
         if f in features and features[f].notna().any()
     }
     shares = _compartment_shares(features)
-    present = {c: float((shares[c] > 0).mean()) for c in shares.columns}
+    absent = _absent(shares, features.get(K.N_CELLS))
+    present = {c: float(1 - absent[c].mean()) for c in shares.columns}
     n_min = float(features[K.N_CELLS].min()) if K.N_CELLS in features else None
     return {"range": rng, "quantiles": quant, "compartments": present, "n_cells_min": n_min, "margin": DEFAULT_MARGIN}
 
@@ -96,9 +110,10 @@ def flag_patients(
     table: pd.DataFrame,
     profile: dict[str, Any],
     *,
-    feature_coverage: pd.Series | None = None,
+    missing_features: int = 0,
     gene_coverage: float | None = None,
     n_cells: pd.Series | None = None,
+    used: Sequence[str] | None = None,
 ) -> pd.Series:
     """Return the ``;``-joined out-of-distribution codes of each patient (empty string: none).
 
@@ -108,12 +123,15 @@ def flag_patients(
         The new patients' features (all the columns predict built, not only the model's).
     profile
         From :func:`training_profile`.
-    feature_coverage
-        Fraction of model features present per patient.
+    missing_features
+        Model features absent from the input altogether (not NaN for a patient: a feature of an absent
+        compartment is NaN, and flagged as that compartment).
     gene_coverage
         Smallest fraction of a signature's (and its control) genes found in the input, when read from cells.
     n_cells
         Cells used per patient.
+    used
+        The features the model's prediction depends on; only they are range-checked (None: every model feature).
 
     Returns
     -------
@@ -122,28 +140,24 @@ def flag_patients(
     margin = float(profile.get("margin", DEFAULT_MARGIN))
     codes: dict[Any, list[str]] = {pid: [] for pid in table.index}
     for f, (lo, hi) in (profile.get("range") or {}).items():
-        if f not in table or f == K.N_CELLS:  # cell counts: few_cells below
+        if f not in table or f == K.N_CELLS or (used is not None and f not in used):  # cell counts: few_cells
             continue
         width = (hi - lo) or abs(hi) or 1.0
         v = table[f]
         out = (v < lo - margin * width) | (v > hi + margin * width)
         for pid in v.index[out.fillna(value=False).to_numpy()]:
             codes[pid].append(f"out_of_range:{f}")
-    shares = _compartment_shares(table)
+    cells = n_cells if n_cells is not None else table.get(K.N_CELLS)
+    absent = _absent(_compartment_shares(table), cells)
     for comp, flag in ABSENCE_FLAGS.items():
         trained_with = (profile.get("compartments") or {}).get(comp, 0.0)
-        if comp in shares and trained_with >= 0.5:  # only a compartment most training patients had
-            for pid in shares.index[(shares[comp].fillna(0) <= 0).to_numpy()]:
+        if comp in absent and trained_with >= 0.5:  # only a compartment most training patients had
+            for pid in absent.index[absent[comp].to_numpy()]:
                 codes[pid].append(flag)
-    low = pd.Series(data=False, index=table.index)
-    if feature_coverage is not None:
-        low |= feature_coverage.reindex(table.index).fillna(0) < 1
-    if gene_coverage is not None and gene_coverage < 0.9:
-        low[:] = True
-    for pid in low.index[low.to_numpy()]:
-        codes[pid].append("low_gene_coverage")
+    if missing_features > 0 or (gene_coverage is not None and gene_coverage < 0.9):
+        for pid in table.index:
+            codes[pid].append("low_gene_coverage")
     n_min = profile.get("n_cells_min")
-    cells = n_cells if n_cells is not None else table.get(K.N_CELLS)
     if n_min is not None and cells is not None:
         for pid in cells.index[(cells.reindex(table.index) < n_min).fillna(value=False).to_numpy()]:
             codes[pid].append("few_cells")

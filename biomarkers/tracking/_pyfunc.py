@@ -64,6 +64,9 @@ class BiomarkerModel(PythonModel):
     standardize
         The per-cohort standardisation rule (:func:`biomarkers.features.standardize_settings`): ``{"method":
         "per_cohort", "min_cohort", "ddof", "cohort_col", "columns"}``. None: features are used as built.
+    profile
+        The training cohort's profile (:func:`biomarkers.tracking._profile.training_profile`): feature ranges,
+        key-feature quantiles, compartments present, minimum cells; for percentiles and out-of-distribution flags.
     """
 
     def __init__(
@@ -80,6 +83,7 @@ class BiomarkerModel(PythonModel):
         read_spec: dict[str, Any] | None = None,
         clinical: dict[str, Any] | None = None,
         standardize: dict[str, Any] | None = None,
+        profile: dict[str, Any] | None = None,
     ) -> None:
         self.estimator = estimator
         self.features = list(features)
@@ -92,6 +96,7 @@ class BiomarkerModel(PythonModel):
         self.read_spec = read_spec or {}
         self.clinical = clinical
         self.standardize = standardize
+        self.profile = profile
         self.format_version = FORMAT_VERSION
 
     def check_format(self) -> None:
@@ -149,6 +154,15 @@ class BiomarkerModel(PythonModel):
             {"p_non_response": p, "prediction": np.where(p >= self.threshold, K.NON_RESPONDER, K.RESPONDER)},
             index=table.index,
         )
+
+    def explain(self, table: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
+        """Each model feature's contribution to each row's log-odds of non-response, and the base log-odds.
+
+        See :func:`biomarkers.models._explain.contributions`; ``table`` is aligned to the model's features first.
+        """
+        from biomarkers.models._explain import contributions
+
+        return contributions(self.estimator, self.check_features(table))
 
     def features_from_cells(self, adata: AnnData) -> pd.DataFrame:
         """Rebuild the patient feature table from raw-count cells with the frozen pipeline."""

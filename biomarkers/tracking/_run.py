@@ -553,6 +553,7 @@ def _log_child(
         return None
     from mlflow.models import infer_signature
 
+    from biomarkers.tracking._profile import training_profile
     from biomarkers.tracking._pyfunc import BiomarkerModel
 
     threshold = evaluation.threshold if name == evaluation.best_model else _own_threshold(evaluation, name)
@@ -565,6 +566,7 @@ def _log_child(
         bulk=cohort.bulk,
         metadata={"experiment": cfg.name, "model": name, "cv_auroc": float(row["auroc"])},
         read_spec=cohort.read_spec.to_dict() if cohort.read_spec is not None else None,
+        profile=training_profile(cohort.features, model_features=list(cohort.features.columns)),
         **cohort.model_kwargs,
     )
     example = cohort.features.iloc[:2].astype("float64")
