@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import biomarkers as bm
@@ -95,3 +96,23 @@ def test_features_outside_the_training_range_are_flagged_not_refused(trained, tm
     assert f"out_of_range:{feature}" in table.loc[feats.index[0], "flags"].split(";")
     assert f"out_of_range:{feature}" not in str(table.loc[feats.index[1], "flags"]).split(";")
     assert table["p_non_response"].notna().all()
+
+
+@pytest.mark.usefixtures("trained")
+def test_predict_report_is_a_self_contained_page_of_the_batch(tmp_path):
+    from typer.testing import CliRunner
+
+    from biomarkers.cli import app
+
+    cells = tmp_path / "new.h5ad"
+    _new(7).write_h5ad(cells)
+    out, report = tmp_path / "preds.csv", tmp_path / "batch.html"
+    res = CliRunner().invoke(app, ["predict", str(cells), "--model", URI, "--out", str(out), "--report", str(report)])
+    assert res.exit_code == 0, res.output
+    html = report.read_text()
+    table = pd.read_csv(out)
+    for pid in table["patient_id"]:
+        assert pid in html
+    assert "data:image/png;base64," in html
+    assert "<script src" not in html
+    assert "report ->" in res.output

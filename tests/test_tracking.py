@@ -69,7 +69,7 @@ def test_run_logs_parent_children_metrics_and_registers_champion(finished_run):
     }
     for name in ("config.resolved.yaml", "features.csv", "cv_predictions.csv", "plots/roc_pr.png", "plots/calibration.png",
                  "plots/umap_cell_type_aqp9.png", "plots/patient_signature_heatmap.png", "plots/decision_curve.png",
-                 "nested_cv_choices.csv", "nested_cv_predictions.csv", "decision_curve.csv"):  # fmt: skip
+                 "nested_cv_choices.csv", "nested_cv_predictions.csv", "decision_curve.csv", "report.html"):  # fmt: skip
         assert name in arts
     # The selected procedure, honestly evaluated: what a clinical reviewer asks for, on the parent run.
     m = parent.data.metrics

@@ -308,6 +308,10 @@ def _evaluate_and_log(cfg: ExperimentConfig, cohort: Cohort, *, umap: Any, t0: f
             mlflow.set_tag("registered_model", model_uri)
             mlflow.set_tag("champion", f"models:/{name}@{cfg.registry.alias} -> version {promotion.current}")
             mlflow.set_tag("champion_decision", promotion.reason)
+        # Last, so it reads everything the run logged (children, registry decision): one file to hand on.
+        from biomarkers.tracking._report import log_report
+
+        log_report(parent.info.run_id, client=client)
         mlflow.end_run(status="FINISHED")
     except BaseException:
         # Restore the alias only if this run moved it: otherwise a concurrent run's promotion would be undone.
