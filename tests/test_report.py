@@ -293,3 +293,28 @@ def test_predictions_report(flags):
         assert "contrib__aqp9_macrophage_fraction" in doc.rows["explanations"][0]
     else:
         assert 'class="flag"' not in html
+
+
+def test_leave_one_cohort_out_table(finished_run, tmp_path):
+    client = mlflow.MlflowClient()
+    exp_id = client.get_run(finished_run.parent_run_id).info.experiment_id
+    run = client.create_run(exp_id, run_name="loco")
+    table = pd.DataFrame(
+        {
+            "model": ["a", "a", "b", "b"],
+            "cohort": ["X", "Y", "X", "Y"],
+            "n": [10, 12, 10, 12],
+            "auroc": [0.7, float("nan"), 0.6, 0.5],
+        }
+    ).assign(auroc_ci_low=lambda d: d["auroc"] - 0.2, auroc_ci_high=lambda d: d["auroc"] + 0.2)
+    table.to_csv(tmp_path / "cohort_metrics.csv", index=False)
+    client.log_artifact(run.info.run_id, str(tmp_path / "cohort_metrics.csv"))
+    client.log_param(run.info.run_id, "cv.strategy", "leave_one_cohort_out")
+    doc = parse(bm.tracking.build_report(run.info.run_id))
+    rows = [r for r in doc.rows["models"] if r and r[0] in {"model", "a", "b"}][-3:]
+    assert rows == [
+        ["model", "X (n=10)", "Y (n=12)"],
+        ["a", "0.700 [0.50-0.90]", "n/a"],
+        ["b", "0.600 [0.40-0.80]", "0.500 [0.30-0.70]"],
+    ]
+    assert "leave-one-cohort-out" in doc.sections["model-card"]["text"]

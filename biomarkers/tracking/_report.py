@@ -45,7 +45,7 @@ main{max-width:1100px;margin:0 auto;padding:16px 24px 48px;background:#fff}
 h1{font-size:22px;margin:8px 0 4px}h2{font-size:18px;border-bottom:2px solid #ddd;padding-bottom:3px;margin-top:32px}
 h3{font-size:15px;margin:18px 0 6px}
 table{border-collapse:collapse;margin:8px 0;font-size:13px}
-th,td{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
+th,td{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top;overflow-wrap:anywhere}
 th{background:#f0f0f0}td.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.selected td{font-weight:bold;background:#fff8e1}tr.flagged td{background:#fdecea}
 span.flag{display:inline-block;background:#c62828;color:#fff;border-radius:3px;padding:0 5px;margin:1px;font-size:12px}
@@ -417,7 +417,13 @@ def _models(ctx: _Ctx) -> str:
                     ),
                 ]
             )
-        body += "<h3>Leave-one-cohort-out: AUROC on each held-out cohort</h3>" + _table(["model", *names], rows)
+        sizes = (
+            cohorts.assign(cohort=cohorts["cohort"].astype(str)).groupby("cohort")["n"].first()
+            if "n" in cohorts
+            else {}
+        )
+        header = [f"{c} (n={int(sizes[c])})" if c in sizes else c for c in names]
+        body += "<h3>Leave-one-cohort-out: AUROC on each held-out cohort</h3>" + _table(["model", *header], rows)
     return body
 
 
