@@ -9,7 +9,7 @@ import sys
 import typer
 
 from biomarkers._errors import BiomarkersError
-from biomarkers.cli import _data, _discover, _report, _run, _signatures
+from biomarkers.cli import _data, _discover, _report, _run, _server, _signatures
 
 app = typer.Typer(
     name="biomarkers",
@@ -45,6 +45,7 @@ def _root(
 
 _run.register(app)
 _discover.register(app)
+_server.register(app)
 _report.register(app)
 app.add_typer(_data.app, name="data")
 app.add_typer(_signatures.app, name="signatures")

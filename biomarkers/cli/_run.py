@@ -46,7 +46,7 @@ def _print_summary(res) -> None:
         console.print(f"Champion: models:/{name}@{res.alias} -> version {res.champion_version}")
         new = "NEW_COHORT.csv (samples x genes)" if res.cohort.kind == "bulk" else "NEW.h5ad"
         console.print(f"Predict:  biomarkers predict {new} --model models:/{name}@{res.alias} --out preds.csv")
-    console.print("Compare:  biomarkers compare --experiment " + res.experiment_name + "    UI: biomarkers ui  (http://127.0.0.1:5000)")
+    console.print(f"Compare:  biomarkers compare --experiment {res.experiment_name}    UI: {bm.tracking.ui_hint(res.experiment_name)}")
     console.print(f"Time: {res.seconds:.1f} s ({', '.join(f'{k} {v:.1f}' for k, v in res.timings.items() if k != 'total_s')})")
 
 
@@ -218,18 +218,19 @@ def compare(
 
 
 def ui(
+    experiment: Annotated[str | None, typer.Option(help="Experiment whose runs table to open (default: the latest)")] = None,
     port: Annotated[int, typer.Option(help="Port")] = 5000,
     host: Annotated[str, typer.Option(help="Interface; only 127.0.0.1 unless you mean to expose it")] = "127.0.0.1",
 ) -> None:
-    """Start the MLflow UI over the project's store (127.0.0.1 by default)."""
-    import subprocess
-    import sys
+    """Open the MLflow UI on an experiment's runs table: the tracking server's, or a local one over ./mlflow.db."""
+    from biomarkers.tracking import is_tracking_server, start_ui, tracking_uri, ui_address
 
-    from biomarkers.tracking._store import artifact_root, tracking_uri
-
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(), "--default-artifact-root", artifact_root(), "--host", host, "--port", str(port)]
-    typer.echo(f"MLflow UI on http://{host}:{port} (store {tracking_uri()}); Ctrl-C to stop")
-    raise typer.Exit(subprocess.call(cmd))  # noqa: S603
+    if is_tracking_server():
+        typer.echo(f"MLflow UI of the tracking server {tracking_uri()}: {ui_address(experiment)}")
+        return
+    srv = start_ui(experiment, host=host, port=port)
+    typer.echo(f"MLflow UI on {srv.page} (store {srv.backend_store_uri}); Ctrl-C to stop")
+    raise typer.Exit(srv.wait())
 
 
 def features(
