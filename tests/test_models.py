@@ -312,8 +312,9 @@ def test_tuned_logreg_picks_c_from_grid():
 def test_permutation_uses_cheaper_forest_with_same_settings_for_observed():
     spec, changed = _permutation_spec({"kind": "random_forest"})
     assert changed
-    assert spec["params"]["n_estimators"] == 50
-    assert _permutation_spec(RF_FAST) == (RF_FAST, False)  # never more trees than asked for
+    assert spec["params"]["n_estimators"] == 25
+    small = {"kind": "random_forest", "params": {"n_estimators": 20}}
+    assert _permutation_spec(small) == (small, False)  # never more trees than asked for
     assert _permutation_spec({"kind": "logreg"}) == ({"kind": "logreg"}, False)
 
 
@@ -408,7 +409,7 @@ def test_per_repeat_metrics_count_patients_not_samples():
 # --- workers: the same results in process, on 2 loky workers and on Dask ------------------------------------------
 PARALLEL_SPECS = [
     {"kind": "logreg"},
-    {"kind": "random_forest", "params": {"n_estimators": 150}},  # the permutation test uses its first 100 trees
+    {"kind": "random_forest", "params": {"n_estimators": 150}},  # the permutation test uses its first 25 trees
     {"kind": "lightgbm", "params": {"n_estimators": 30}},
 ]
 
@@ -457,8 +458,8 @@ def test_same_results_on_dask(one_worker):
 
 
 def test_permutation_observed_from_the_first_trees_of_the_cv_forests():
-    # evaluate_models reads the permutation's observed AUROC (100 trees) off its 150-tree CV forests without
-    # refitting; it must equal permutation_test's own run of the 100-tree forest, bit for bit.
+    # evaluate_models reads the permutation's observed AUROC (25 trees) off its 150-tree CV forests without
+    # refitting; it must equal permutation_test's own run of the 25-tree forest, bit for bit.
     X, y = _cohort(24, 6, signal=1.5, seed=5)
     spec = {"kind": "random_forest", "params": {"n_estimators": 150, "max_depth": 3}}
     res = evaluate_models(X, y, model_specs=[spec], baselines=[], cv_spec={"n_splits": 3, "n_repeats": 2}, seed=5,
