@@ -17,6 +17,7 @@ from threadpoolctl import ThreadpoolController
 from biomarkers._errors import ConfigError, DataSchemaError
 from biomarkers._keys import NON_RESPONDER, PATIENT, RESPONDER
 from biomarkers.models._estimators import make_estimator
+from biomarkers.stats import DDOF
 
 logger = logging.getLogger("biomarkers")
 
@@ -483,7 +484,7 @@ def summarize_oof(oof: pd.DataFrame) -> pd.DataFrame:
         {
             "y_true": grouped["y_true"].first(),
             "p": grouped["p"].mean(),
-            "p_sd": grouped["p"].std(ddof=0),
+            "p_sd": grouped["p"].std(ddof=DDOF),
             "n_repeats": grouped["repeat"].nunique(),
             "n_samples": grouped[PATIENT].nunique(),
         }

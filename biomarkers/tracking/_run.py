@@ -384,6 +384,7 @@ def _log_parent(cfg: ExperimentConfig, cohort: Cohort, evaluation: EvaluationRes
             "bm.version": versions["biomarkers"],
             "package_versions": json.dumps(versions),
             "n_patients": str(len(cohort.features)),
+            "n_samples": str(len(cohort.samples)) if cohort.samples is not None else "",
             "n_features": str(cohort.features.shape[1]),
         }
     )
