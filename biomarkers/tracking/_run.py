@@ -384,10 +384,11 @@ def _log_parent(cfg: ExperimentConfig, cohort: Cohort, evaluation: EvaluationRes
             "bm.version": versions["biomarkers"],
             "package_versions": json.dumps(versions),
             "n_patients": str(len(cohort.features)),
-            "n_samples": str(len(cohort.samples)) if cohort.samples is not None else "",
             "n_features": str(cohort.features.shape[1]),
         }
     )
+    if cohort.samples is not None:  # biopsies kept (several per patient in atlas cohorts)
+        mlflow.set_tag("n_samples", str(len(cohort.samples)))
     table = cohort.features.copy()
     # Float, not int: MLflow's schema inference warns that an integer column cannot hold missing values.
     table["label"] = cohort.labels.astype("float64")
