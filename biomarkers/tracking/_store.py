@@ -232,8 +232,11 @@ class TrackingServer:
             self.stop()
             return 130
 
-    def stop(self, timeout: float = 10) -> None:
-        """Stop the server and its worker processes (SIGTERM, then SIGKILL after `timeout` seconds)."""
+    def stop(self, timeout: float = 5) -> None:
+        """Stop the server and its worker processes: SIGTERM, then SIGKILL after `timeout` seconds.
+
+        Uvicorn's graceful shutdown waits for clients' idle keep-alive connections, hence the bound.
+        """
         if self.process.poll() is not None:
             return
         try:
@@ -428,6 +431,7 @@ def start_server(
     MissingDependencyError
         A PostgreSQL backend without its driver.
     """
+    _check_port(host, port)
     backend = _check_backend(backend_store_uri or default_backend_store_uri())
     if artifacts_destination is None:
         base = Path(backend.removeprefix("sqlite:///").split("?", 1)[0]).parent if _scheme(backend) == "sqlite" else Path.cwd()
@@ -437,7 +441,6 @@ def start_server(
         local = Path(dest.removeprefix("file://")).resolve()
         local.mkdir(parents=True, exist_ok=True)
         dest = str(local)
-    _check_port(host, port)
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--artifacts-destination", dest]
     cmd += ["--host", host, "--port", str(port)]
     if workers is not None:
