@@ -9,7 +9,7 @@ PIP_OPTS ?= -q --disable-pip-version-check
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install $(PIP_OPTS) --upgrade "pip>=24"
-	$(PY) -m pip install $(PIP_OPTS) -c constraints.txt -e ".[dask,discover,doublets,explain,test]"
+	$(PY) -m pip install $(PIP_OPTS) -c constraints.txt -e ".[dask,discover,doublets,explain,server,test]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -21,6 +21,9 @@ def server(
     port: Annotated[int, typer.Option(help="Port")] = 5000,
     workers: Annotated[int | None, typer.Option(help="Server worker processes (default: MLflow's)")] = None,
     app_name: Annotated[str | None, typer.Option(help="MLflow server app, e.g. basic-auth for user accounts")] = None,
+    allowed_hosts: Annotated[
+        str | None, typer.Option(help="Host names teammates use, comma-separated (MLflow's default: localhost and private IPs)")
+    ] = None,
     log: Annotated[Path | None, typer.Option(help="Append the server's log to this file instead of the console")] = None,
 ) -> None:
     """Start a team MLflow tracking server that stores runs, artifacts and registered models itself."""
@@ -28,7 +31,7 @@ def server(
 
     srv = start_server(
         backend_store_uri=backend_store_uri, artifacts_destination=artifacts_destination, host=host, port=port,
-        workers=workers, app_name=app_name, log=log,
+        workers=workers, app_name=app_name, allowed_hosts=allowed_hosts, log=log,
     )  # fmt: skip
     shared = srv.url if host not in ("0.0.0.0", "::") else f"http://{socket.gethostname()}:{port}"  # noqa: S104
     typer.echo(f"MLflow tracking server: UI {srv.url}  (store {srv.backend_store_uri}, artifacts {srv.artifacts_destination})")

@@ -390,6 +390,7 @@ def start_server(
     port: int = DEFAULT_UI_PORT,
     workers: int | None = None,
     app_name: str | None = None,
+    allowed_hosts: str | None = None,
     log: Path | None = None,
     timeout: float = 60,
 ) -> TrackingServer:
@@ -415,6 +416,9 @@ def start_server(
         Server worker processes (MLflow's default when None).
     app_name
         MLflow server app, e.g. ``"basic-auth"`` for user accounts.
+    allowed_hosts
+        Host names clients may use, comma-separated (MLflow's default: localhost and private IP addresses), e.g.
+        ``"mlflow.lab.example.org"`` when teammates reach the server by name.
     log
         Append the server's output to this file instead of the console.
     timeout
@@ -447,6 +451,8 @@ def start_server(
         cmd += ["--workers", str(workers)]
     if app_name is not None:
         cmd += ["--app-name", app_name]
+    if allowed_hosts is not None:
+        cmd += ["--allowed-hosts", allowed_hosts]
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     logger.info("start_server: %s", " ".join(_redact(c) for c in cmd))
     return _launch(cmd, url=url, backend=backend, artifacts=dest, log=log, timeout=timeout)
