@@ -499,4 +499,11 @@ def feature_importance(pipeline: Pipeline, *, feature_names: list[str] | None = 
     else:
         values = np.zeros(len(names))
     imp = pd.Series(values, index=pd.Index(names, name="feature"), name="importance")
+    if "mechanism_score" in imp.index:
+        # The score's weight, split over the features it sums (slope x sign / sqrt(k), per SD of each feature).
+        from biomarkers.models._explain import mechanism_weights
+
+        per = mechanism_weights(pipeline, float(imp["mechanism_score"]))
+        imp = pd.concat([imp.drop("mechanism_score"), per.rename("importance")])
+        imp.index.name = "feature"
     return imp.iloc[np.argsort(-np.abs(imp.to_numpy()), kind="stable")]

@@ -90,6 +90,28 @@ def _mechanism_share(pipe: Pipeline, X: pd.DataFrame, slope: float) -> tuple[pd.
     return pd.DataFrame(slope * share, index=X.index, columns=cols), offset
 
 
+def mechanism_weights(pipe: Pipeline, slope: float) -> pd.Series:
+    """Return the log-odds per SD of each feature of a pipeline's mechanism score, given the score's coefficient.
+
+    Parameters
+    ----------
+    pipe
+        A fitted pipeline with a mechanism score (kinds ``mechanism_score``, ``clinical`` with ``weights``).
+    slope
+        The classifier's coefficient on the score.
+
+    Returns
+    -------
+    Series indexed by the score's features.
+    """
+    sub, cols, _ = _find_mechanism(pipe)
+    signs = np.asarray(sub.named_steps["score"].signs, dtype=float)
+    w = slope * signs / np.sqrt(signs.size)
+    if "rescale" in sub.named_steps:
+        w = w / sub.named_steps["rescale"].scale_[0]
+    return pd.Series(w, index=cols)
+
+
 def contributions(pipe: Pipeline, X: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
     """Each feature's contribution to each patient's log-odds of non-response, and the base log-odds.
 
