@@ -203,7 +203,7 @@ def test_run_registers_on_the_server_and_predict_loads_it_from_elsewhere(server,
 
     _print_summary(res)
     out = capsys.readouterr().out
-    assert f"UI: {server.url}/#/experiments/{exp.experiment_id}/runs" in out
+    assert f"UI: {server.url}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning" in out
     assert "biomarkers ui" not in out
 
     # A teammate: another folder (the first one gone, with any local artifacts), only MLFLOW_TRACKING_URI in common.
@@ -250,8 +250,9 @@ def test_local_store_keeps_artifacts_local_and_tags_experiments(mlflow_store, tm
     assert mlflow.get_experiment(genai).tags[EXPERIMENT_KIND_TAG] == "genai_development"
 
     assert not bm.tracking.is_tracking_server()
-    assert bm.tracking.ui_address("local-exp", port=5009) == f"http://127.0.0.1:5009/#/experiments/{exp.experiment_id}/runs"
-    assert bm.tracking.ui_hint("local-exp") == f"biomarkers ui  (http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs)"
+    page = f"#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
+    assert bm.tracking.ui_address("local-exp", port=5009) == f"http://127.0.0.1:5009/{page}"
+    assert bm.tracking.ui_hint("local-exp") == f"biomarkers ui  (http://127.0.0.1:5000/{page})"
 
 
 @pytest.mark.parametrize(

@@ -161,7 +161,7 @@ def ui_address(experiment: str | None = None, *, port: int = DEFAULT_UI_PORT) ->
 
     Returns
     -------
-    A URL such as ``http://127.0.0.1:5000/#/experiments/1/runs``.
+    A URL such as ``http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning``.
 
     Examples
     --------
@@ -169,7 +169,7 @@ def ui_address(experiment: str | None = None, *, port: int = DEFAULT_UI_PORT) ->
 
     >>> from biomarkers.tracking import ui_address
     >>> ui_address("anti-tnf-default")  # doctest: +SKIP
-    'http://mlflow.internal:5000/#/experiments/1/runs'
+    'http://mlflow.internal:5000/#/experiments/1/runs?workflowType=machine_learning'
     """
     uri = tracking_uri()
     base = uri.rstrip("/") if is_tracking_server(uri) else f"http://127.0.0.1:{port}"
@@ -179,10 +179,11 @@ def ui_address(experiment: str | None = None, *, port: int = DEFAULT_UI_PORT) ->
 
 
 def _runs_page(base: str, experiment: str | None) -> str:
-    """``<base>/#/experiments/<id>/runs`` for `experiment` (None: the latest) in the store in force; `base` if none."""
+    """``<base>/#/experiments/<id>/runs?...`` for `experiment` (None: the latest) in the store in force; `base` if none."""
     setup_mlflow()
     exp_id = _experiment_id(experiment)
-    return base if exp_id is None else f"{base}/#/experiments/{exp_id}/runs"
+    # workflowType: MLflow 3's sidebar otherwise stays on its GenAI pages (a per-browser setting).
+    return base if exp_id is None else f"{base}/#/experiments/{exp_id}/runs?workflowType=machine_learning"
 
 
 def ui_hint(experiment: str | None = None) -> str:
@@ -225,12 +226,22 @@ class TrackingServer:
         self.page = self.page or self.url
 
     def wait(self) -> int:
-        """Block until the server exits (Ctrl-C stops it); return its exit code."""
+        """Block until the server exits; Ctrl-C or SIGTERM stops it (its own process group sees neither)."""
+        import threading
+
+        def interrupt(*_: object) -> None:
+            raise KeyboardInterrupt
+
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, interrupt) if main else None
         try:
             return self.process.wait()
         except KeyboardInterrupt:
             self.stop()
             return 130
+        finally:
+            if main:
+                signal.signal(signal.SIGTERM, previous)
 
     def stop(self, timeout: float = 5) -> None:
         """Stop the server and its worker processes: SIGTERM, then SIGKILL after `timeout` seconds.
