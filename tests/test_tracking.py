@@ -92,11 +92,11 @@ def test_champion_moves_only_when_beaten(finished_run):
     client = mlflow.MlflowClient()
     name = "anti-tnf-nonresponse"
     champion = str(client.get_model_version_by_alias(name, "champion").version)
-    client.set_model_version_tag(name, champion, "cv_auroc", "0.99")  # pretend the champion was excellent
+    client.set_model_version_tag(name, champion, "nested_cv_auroc", "0.99")  # pretend the champion was excellent
     second = bm.run_experiment(fast_config())
     assert not second.became_champion
     assert str(client.get_model_version_by_alias(name, "champion").version) == champion
-    client.set_model_version_tag(name, champion, "cv_auroc", "0.01")
+    client.set_model_version_tag(name, champion, "nested_cv_auroc", "0.01")
     third = bm.run_experiment(fast_config())
     assert third.became_champion
     assert str(client.get_model_version_by_alias(name, "champion").version) == third.model_version
