@@ -39,7 +39,7 @@ _EXPORTS: dict[str, str] = {
     "predict": "biomarkers.prediction",
 }
 _SUBPACKAGES = {
-    "datasets", "io", "preprocess", "signatures", "features", "models", "config", "cohort", "tracking", "discovery", "compute", "prediction",
+    "datasets", "io", "preprocess", "signatures", "features", "models", "config", "cohort", "tracking", "discovery", "compute", "prediction", "stats",
 }  # fmt: skip
 
 __all__ = ["__version__", *_EXPORTS]
