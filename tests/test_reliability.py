@@ -214,7 +214,7 @@ def test_two_runs_at_once_on_one_store_both_complete(concurrent):
     assert sorted(int(v.version) for v in versions) == [1, 2]
     assert {v.tags["run_id"] for v in versions} == {r.info.run_id for r in runs}
     # Same config and seed: equal CV AUROC, and a tie does not move the alias from the version registered first.
-    assert len({v.tags["cv_auroc"] for v in versions}) == 1
+    assert len({v.tags["nested_cv_auroc"] for v in versions}) == 1
     assert str(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == "1"
 
 
@@ -457,8 +457,22 @@ def test_ui_binds_to_localhost_unless_asked(monkeypatch, tmp_path):
     from biomarkers.cli import app
 
     use_store(monkeypatch, tmp_path)
+    import mlflow
+
+    mlflow.MlflowClient().search_experiments()  # `ui` opens an existing store only: create it
     calls = []
-    monkeypatch.setattr(subprocess, "call", lambda cmd, *a, **k: calls.append(cmd) or 0)
+
+    class _Started:  # what start_ui gets back from launching `mlflow ui` (not started here)
+        page, backend_store_uri = "http://127.0.0.1", "store"
+
+        def wait(self) -> int:
+            return 0
+
+    def launch(cmd, **kwargs):
+        calls.append(cmd)
+        return _Started()
+
+    monkeypatch.setattr("biomarkers.tracking._store._launch", launch)
     runner = CliRunner()
     assert runner.invoke(app, ["ui"]).exit_code == 0
     assert runner.invoke(app, ["ui", "--host", "0.0.0.0", "--port", "5001"]).exit_code == 0  # asked for

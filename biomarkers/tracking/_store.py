@@ -188,7 +188,10 @@ def _runs_page(base: str, experiment: str | None) -> str:
 
 def ui_hint(experiment: str | None = None) -> str:
     """Return what the run summary prints after ``UI:``: the server's address, or ``biomarkers ui`` and its address."""
-    address = ui_address(experiment)
+    try:
+        address = ui_address(experiment)
+    except ConfigError:  # the summary of a result whose experiment is not in this store: the UI's front page
+        address = ui_address(None)
     return address if is_tracking_server() else f"biomarkers ui  ({address})"
 
 
