@@ -459,7 +459,8 @@ def test_ui_binds_to_localhost_unless_asked(monkeypatch, tmp_path):
     use_store(monkeypatch, tmp_path)
     import mlflow
 
-    mlflow.MlflowClient().search_experiments()  # `ui` opens an existing store only: create it
+    # `ui` opens an existing store only: create it (by URI: an earlier test may have set mlflow's global one)
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db").search_experiments()
     calls = []
 
     class _Started:  # what start_ui gets back from launching `mlflow ui` (not started here)
