@@ -166,6 +166,14 @@ def evaluate_predictions(
     return out
 
 
+def _rates_at_each_value(y_true: Any, p: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct values of ``p`` and the sensitivity and false-positive rate of calling ``p >= value``."""
+    y, s = _check(y_true, p)
+    cand = np.unique(s)
+    pred = s[None, :] >= cand[:, None]
+    return cand, (pred & (y == 1)).sum(axis=1) / y.sum(), (pred & (y == 0)).sum(axis=1) / (y.size - y.sum())
+
+
 def youden_threshold(y_true: Any, p: Any) -> float:
     """Threshold maximising Youden's J (sensitivity + specificity - 1); call non-responder when ``p >= t``.
 
@@ -189,11 +197,7 @@ def youden_threshold(y_true: Any, p: Any) -> float:
     >>> youden_threshold([0, 0, 1, 1], [0.1, 0.3, 0.6, 0.7])
     0.6
     """
-    y, s = _check(y_true, p)
-    cand = np.unique(s)
-    pred = s[None, :] >= cand[:, None]
-    tpr = (pred & (y == 1)).sum(axis=1) / y.sum()
-    fpr = (pred & (y == 0)).sum(axis=1) / (y.size - y.sum())
+    cand, tpr, fpr = _rates_at_each_value(y_true, p)
     j = tpr - fpr
     best = np.flatnonzero(np.isclose(j, j.max()))
     return float(cand[best[np.argmin(np.abs(cand[best] - 0.5))]])
@@ -251,9 +255,7 @@ def choose_threshold(y_true: Any, p: Any, rule: Any = "youden") -> float:
     r = threshold_rule(rule)
     if r["rule"] == "youden":
         return youden_threshold(y_true, p)
-    y, s = _check(y_true, p)
-    cand = np.unique(s)
-    tpr = ((s[None, :] >= cand[:, None]) & (y == 1)).sum(axis=1) / y.sum()
+    cand, tpr, _ = _rates_at_each_value(y_true, p)
     ok = np.flatnonzero(tpr >= r["target_sensitivity"] - 1e-12)
     return float(cand[ok.max()])
 
