@@ -53,6 +53,17 @@ def processed_default(_default_cohort):
     return pipe, pipe.process(_default_cohort)
 
 
+@pytest.fixture(scope="module")
+def module_store(tmp_path_factory):
+    """One SQLite MLflow store (and artifact root) shared by a test module: its tests hold in any order."""
+    tmp = tmp_path_factory.mktemp("mlflow")
+    with pytest.MonkeyPatch.context() as mp:
+        uri = f"sqlite:///{tmp}/mlflow.db"
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.setenv("BIOMARKERS_ARTIFACT_ROOT", str(tmp / "mlruns"))
+        yield uri
+
+
 @pytest.fixture
 def mlflow_store(tmp_path, monkeypatch):
     """A fresh SQLite MLflow store and artifact root under tmp_path."""

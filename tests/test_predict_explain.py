@@ -30,13 +30,8 @@ FIRST = ["patient_id", "p_non_response", "prediction", K.N_CELLS, K.N_SAMPLES, "
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("explain")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp}/mlflow.db")
-        mp.setenv("BIOMARKERS_ARTIFACT_ROOT", str(tmp / "mlruns"))
-        res = bm.run_experiment(bm.load_config(EXPERIMENTS / "anti_tnf_default.yaml", overrides=FAST))
-        yield res, tmp
+def trained(module_store):
+    return bm.run_experiment(bm.load_config(EXPERIMENTS / "anti_tnf_default.yaml", overrides=FAST)), module_store
 
 
 def _new(seed: int = 5):

@@ -97,13 +97,8 @@ def parse(html: str) -> _Doc:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("mlflow")
-    with pytest.MonkeyPatch.context() as mp:
-        uri = f"sqlite:///{tmp}/mlflow.db"
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.setenv("BIOMARKERS_ARTIFACT_ROOT", str(tmp / "mlruns"))
-        yield uri
+def store(module_store):
+    return module_store
 
 
 @pytest.fixture(scope="module")

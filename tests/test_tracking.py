@@ -33,14 +33,8 @@ def fast_config(*extra: str):
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """One SQLite store for the module: tests below are written to hold in any order."""
-    tmp = tmp_path_factory.mktemp("mlflow")
-    with pytest.MonkeyPatch.context() as mp:
-        uri = f"sqlite:///{tmp}/mlflow.db"
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.setenv("BIOMARKERS_ARTIFACT_ROOT", str(tmp / "mlruns"))
-        yield uri
+def store(module_store):
+    return module_store
 
 
 @pytest.fixture(scope="module")
